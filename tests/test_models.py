@@ -1,0 +1,100 @@
+"load_model, the Arch table and the embedded model."
+import os, time
+import pytest
+import torch
+from depthstudy import models
+from depthstudy.models import ARCHS, Arch, ModelNotFoundError, NDIFKeyError, UnknownArchitectureError, find_arch, load_model, tiny_model
+from depthstudy.trace import collect
+
+
+@pytest.mark.parametrize("family", sorted(ARCHS))
+def test_arch_finds_every_part(family):
+    m = tiny_model(family)
+    assert m.arch is ARCHS[family]
+    hf = m.hf
+    for path in (m.arch.embed, m.arch.blocks, m.arch.norm, m.arch.head):
+        mod = models._get(hf, path)
+        assert isinstance(mod, torch.nn.Module), (family, path)
+    assert len(m.blocks) == m.n_layers == 3
+    for b in models._get(hf, m.arch.blocks):
+        assert isinstance(models._get(b, m.arch.attn), torch.nn.Module)
+        assert isinstance(models._get(b, m.arch.mlp), torch.nn.Module)
+
+
+@pytest.mark.parametrize("family", sorted(ARCHS))
+def test_residuals_match_hf_hidden_states_on_padded_batch(family):
+    m = tiny_model(family)
+    prompts = ["the cat sat on the mat", "a dog", "the capital of france is paris and the capital of italy is rome"]
+    acts = collect(m, prompts, positions="all", cache=False, progress=False, batch_size=3)
+    enc = m.encode(prompts)
+    assert enc["attention_mask"].sum(1).tolist() == acts.lengths.tolist()
+    with torch.no_grad():
+        hs = m.hf(**enc, output_hidden_states=True).hidden_states
+    final_norm = models._get(m.hf, m.arch.norm)
+    for i, n in enumerate(acts.lengths.tolist()):
+        for l in range(m.n_layers):
+            torch.testing.assert_close(acts.resid[i, l, :n], hs[l][i, :n], atol=1e-5, rtol=0)
+        # HF's last hidden state has the final norm applied; ours is taken before it
+        with torch.no_grad():
+            torch.testing.assert_close(final_norm(acts.resid[i, m.n_layers, :n]), hs[m.n_layers][i, :n], atol=1e-5, rtol=0)
+        assert not acts.mask[i, n:].any()
+    # every block adds exactly its attention and MLP contributions
+    torch.testing.assert_close(acts.resid[:, 1:], acts.resid[:, :-1] + acts.attn + acts.mlp, atol=1e-5, rtol=0)
+
+
+def test_unknown_architecture_names_class_and_fix():
+    class WeirdConfig:
+        model_type = "weird"
+    with pytest.raises(UnknownArchitectureError, match=r"WeirdConfig.*'weird'.*ARCHS\['weird'\] = Arch"):
+        find_arch(WeirdConfig())
+
+
+def test_unknown_model_says_what_to_do():
+    t = time.time()
+    with pytest.raises(ModelNotFoundError) as e:
+        load_model("no/such-model")
+    msg = str(e.value)
+    assert "no/such-model" in msg and "depthstudy models" in msg and "local directory" in msg
+    assert time.time() - t < 20  # fails fast offline instead of retrying the hub
+
+
+def test_not_a_hub_id_nor_dir(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not an embedded model name"):
+        load_model("gpt-17")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_remote_without_key_fails_before_any_request(monkeypatch):
+    from nnsight import CONFIG
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    def no_request(*a, **k):
+        raise AssertionError("a request was attempted")
+    monkeypatch.setattr("nnsight.LanguageModel.__init__", no_request)
+    with pytest.raises(NDIFKeyError, match="NDIF_API_KEY"):
+        load_model("meta-llama/Llama-3.1-70B", remote=True)
+
+
+def test_embedded_second_load_reads_cache(embedded, monkeypatch):
+    assert (models.embedded_path("smollm2-135m") / "model.safetensors").exists()
+    def no_gguf(name):
+        raise AssertionError("the GGUF was dequantised again")
+    monkeypatch.setattr(models, "_embedded_gguf", no_gguf)
+    m2 = load_model("smollm2-135m")
+    assert m2.fingerprint == embedded.fingerprint
+    assert (m2.n_layers, m2.d_model, m2.arch.family) == (30, 576, "Llama")
+
+
+def test_fingerprint_tracks_weights():
+    a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=0)
+    assert a.fingerprint == b.fingerprint
+    with torch.no_grad():
+        b.hf.model.layers[1].mlp.down_proj.weight[3, 5] += 1.0
+    assert models.weights_fingerprint(b.hf) != a.fingerprint
+
+
+def test_list_models_embedded_first(embedded):
+    ms = models.list_models()
+    assert [m["name"] for m in ms[:2]] == list(models.EMBEDDED)
+    assert ms[0]["cached"] and ms[0]["installed"]
