@@ -42,3 +42,10 @@ def test_cache_info_and_clear(tmp_path):
     assert "1 entries" in r.stdout, r.stdout + r.stderr
     r = run("cache", "clear", env=env)
     assert "removed 1" in r.stdout and c.info()["entries"] == 0
+
+
+def test_doctor_reports_without_revealing_key():
+    env = dict(os.environ, NDIF_API_KEY="MARKER-SECRET-987")
+    r = run("doctor", "--offline", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "NDIF API key: set" in r.stdout and "torch" in r.stdout and "MARKER-SECRET" not in r.stdout + r.stderr
