@@ -45,7 +45,7 @@ setup(
         "dev": c["dev_requirements"].split(),
         "hub": ["datasets>=2.14"],
     },
-    entry_points={"console_scripts": c["console_scripts"].split(), "nbdev": [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
+    entry_points={"console_scripts": c["console_scripts"].split()},
     cmdclass={"build_py": build_py_with_lessons},
     zip_safe=False,
 )
