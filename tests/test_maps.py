@@ -1,0 +1,106 @@
+"Linear maps between models (depthstudy.maps) on tiny random-init models."
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
+from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
+from depthstudy.models import Model
+from depthstudy.maps import linear_maps, best_match, align_tokens, AlignmentError
+
+TEXTS = [f"text number {i}: the quick brown fox jumps over the lazy dog {i * 7} times" for i in range(10)]
+
+
+def byte_tokenizer(merges=()):
+    "Fast byte-level tokenizer with BOS; optional BPE merges give a different tokenization of the same text."
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
+    for a, b in merges: vocab.setdefault(a + b, len(vocab))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_model(n_layers=4, hidden=64, seed=0, tok=None, remote=False, name="tiny"):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
+    return Model.from_hf(LlamaForCausalLM(cfg).eval(), tok or byte_tokenizer(), name=name, remote=remote)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+def test_self_map_is_identity(tiny):
+    df = linear_maps(tiny, tiny, TEXTS, cache=False, progress=False)
+    L = tiny.n_layers
+    err = df.query("metric == 'rel_error'").pivot(index="layer", columns="layer_b", values="value")
+    r2 = df.query("metric == 'r2'").pivot(index="layer", columns="layer_b", values="value")
+    assert list(err.index) == list(range(1, L + 1)) and list(err.columns) == list(range(1, L + 1))
+    assert (np.diag(err) < 1e-3).all() and (np.diag(r2) > 0.999).all()
+    bm = best_match(df)
+    assert (bm.layer == bm.layer_b).all()
+    assert (best_match(df, "r2").layer_b == bm.layer_b).all()
+    off = err.to_numpy()[~np.eye(L, dtype=bool)]
+    assert off.min() > 10 * np.diag(err).max()       # the diagonal is clearly best, not a tie
+    row = df.iloc[0]
+    assert row.model_b == "tiny" and row.n_layers_b == L and np.isclose(row.rel_depth, row.layer / L)
+    assert np.isclose(row.rel_depth_b, row.layer_b / L)
+
+
+def test_map_matches_numpy_least_squares(tiny):
+    "alpha=0 equals numpy's least squares with intercept on the same train/test split."
+    from depthstudy.maps import _split
+    df = linear_maps(tiny, tiny, TEXTS, alpha=0.0, layers_a=[2], layers_b=[3], cache=False, progress=False)
+    train, test = _split(len(TEXTS), 0.2, 0)
+    with torch.no_grad():
+        hs = [tiny.hf(**{k: v for k, v in tiny.encode([t]).items()}, output_hidden_states=True).hidden_states
+              for t in TEXTS]
+    X = lambda idx: np.concatenate([hs[i][2][0, 1:].double().numpy() for i in idx])
+    Y = lambda idx: np.concatenate([hs[i][3][0, 1:].double().numpy() for i in idx])
+    Xtr = np.c_[X(train), np.ones(len(X(train)))]
+    W = np.linalg.lstsq(Xtr, Y(train), rcond=None)[0]
+    pred = np.c_[X(test), np.ones(len(X(test)))] @ W
+    rel = (np.linalg.norm(pred - Y(test), axis=1) / np.linalg.norm(Y(test), axis=1)).mean()
+    got = df.query("metric == 'rel_error'").value.item()
+    assert got == pytest.approx(rel, rel=1e-4)
+
+
+def test_different_tokenizers_align_by_offsets():
+    merges = [("t", "h"), ("th", "e"), ("Ġ", "t"), ("o", "x"), ("Ġ", "f")]
+    a = tiny_model(n_layers=3, seed=1, name="a")
+    b = tiny_model(n_layers=5, seed=2, tok=byte_tokenizer(merges), name="b")
+    text = "the fox then the ox"
+    pa, pb = align_tokens(a, b, text)
+    ea, eb = a.tokenizer(text, return_offsets_mapping=True), b.tokenizer(text, return_offsets_mapping=True)
+    assert len(eb["input_ids"]) < len(ea["input_ids"]) and 0 < len(pb) < len(pa) + 1
+    assert [ea["offset_mapping"][k][1] for k in pa] == [eb["offset_mapping"][k][1] for k in pb]
+    assert 0 not in pa and 0 not in pb
+    df = linear_maps(a, b, TEXTS, cache=False, progress=False)
+    assert set(df.layer) == {1, 2, 3} and set(df.layer_b) == {1, 2, 3, 4, 5} and (df.model_b == "b").all()
+    assert df.value.notna().all()
+
+
+def test_slow_tokenizer_cannot_align():
+    from transformers import PreTrainedTokenizer
+    a = tiny_model(n_layers=2, name="a")
+    b = tiny_model(n_layers=2, tok=byte_tokenizer([("t", "h")]), name="b")
+    b.tokenizer.__class__ = type("Slow", (type(b.tokenizer),), {"is_fast": property(lambda self: False)})
+    with pytest.raises(AlignmentError, match="fast tokenizer"):
+        align_tokens(a, b, "the fox")
+
+
+def test_errors(tiny):
+    with pytest.raises(ValueError, match="2 texts"): linear_maps(tiny, tiny, TEXTS[:1], cache=False, progress=False)
+    with pytest.raises(ValueError): linear_maps(tiny, tiny, TEXTS, layers_a=[9], cache=False, progress=False)
+    with pytest.raises(ValueError): best_match(linear_maps(tiny, tiny, TEXTS[:3], cache=False, progress=False).iloc[:0])
+
+
+def test_remote_local_same_numbers():
+    a, b = tiny_model(n_layers=2), tiny_model(n_layers=2, remote="local")
+    x = linear_maps(a, a, TEXTS[:4], cache=False, progress=False)
+    y = linear_maps(b, b, TEXTS[:4], cache=False, progress=False)
+    np.testing.assert_allclose(x.value, y.value, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,155 @@
+"Layer-skip effects (depthstudy.skip): batched path vs independent single-skip runs on tiny random-init models."
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
+from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
+from depthstudy.models import Model
+from depthstudy.skip import skip_effects, skip_raw, depth_score, draw_ts, _run_chunk
+
+TEXTS = ["hello world, this is a test", "short one!", "another longer text with several words in it"]
+
+
+def byte_tokenizer():
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_model(n_layers=4, hidden=64, seed=0, remote=False):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
+    return Model.from_hf(LlamaForCausalLM(cfg).eval(), byte_tokenizer(), name="tiny", remote=remote)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+def single_skip(hf, ids, s, mode, lo, hi):
+    "Plain PyTorch hooks, one text, one skipped layer at positions [lo, hi): updates D [L, T, d] and probs [T, V]."
+    L = hf.config.num_hidden_layers
+    hs, hooks = {}, []
+    def keep_in(l):
+        return lambda mod, args, kw: hs.__setitem__(l, (args[0] if args else kw["hidden_states"]).clone())
+    for l, layer in enumerate(hf.model.layers):
+        hooks.append(layer.register_forward_pre_hook(keep_in(l), with_kwargs=True))
+    hooks.append(hf.model.norm.register_forward_pre_hook(keep_in(L), with_kwargs=True))
+    if s is not None:
+        layer = hf.model.layers[s]
+        if mode == "block":
+            store = {}
+            hooks.append(layer.register_forward_pre_hook(
+                lambda mod, args, kw: store.__setitem__("x", (args[0] if args else kw["hidden_states"]).clone()), with_kwargs=True))
+            def fix(mod, i, o):
+                o = o.clone(); o[:, lo:hi] = store["x"][:, lo:hi]; return o
+            hooks.append(layer.register_forward_hook(fix))
+        else:
+            mod = layer.self_attn if mode == "attn" else layer.mlp
+            def zero(m_, i, o):
+                if isinstance(o, tuple):
+                    a = o[0].clone(); a[:, lo:hi] = 0; return (a,) + tuple(o[1:])
+                o = o.clone(); o[:, lo:hi] = 0; return o
+            hooks.append(mod.register_forward_hook(zero))
+    try:
+        with torch.no_grad():
+            logits = hf(input_ids=ids).logits
+    finally:
+        for h in hooks: h.remove()
+    D = torch.stack([hs[l + 1] - hs[l] for l in range(L)])[:, 0]
+    return D.double(), logits[0].double().softmax(-1)
+
+
+@pytest.mark.parametrize("mode", ["block", "attn", "mlp"])
+@pytest.mark.parametrize("variant", ["future", "current"])
+def test_batched_equals_single_skip(tiny, mode, variant):
+    L = tiny.n_layers
+    raw = skip_raw(tiny, TEXTS, mode=mode, variant=variant, n_t=2, seed=3, batch_size=7, progress=False)
+    lengths = [int(x) for x in tiny.encode(TEXTS)["attention_mask"].sum(1)]
+    ts = draw_ts(lengths, 2, 3) if variant == "future" else [[None]] * len(TEXTS)
+    assert raw["ts"] == ts
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([tiny.tokenizer(text)["input_ids"]])
+        T = ids.shape[1]
+        D0, p0 = single_skip(tiny.hf, ids, None, mode, 0, 0)
+        for s in range(L):
+            emax, omax = np.zeros(L), 0.0
+            for t in ts[i]:
+                hi, lo = (t, t) if t is not None else (T, 1)
+                D, p = single_skip(tiny.hf, ids, s, mode, 1, hi)
+                e = ((D - D0)[:, lo:].norm(dim=-1) / D0[:, lo:].norm(dim=-1).clamp(min=1e-6)).amax(1)
+                emax = np.maximum(emax, e.numpy()); omax = max(omax, float((p - p0)[lo:].norm(dim=-1).max()))
+            np.testing.assert_allclose(raw["eff_max"][i, s], emax, atol=1e-5)
+            assert raw["out_max"][i, s] == pytest.approx(omax, abs=1e-5)
+    assert raw["eff_max"].max() > 0.01          # the skips do something
+
+
+def test_clean_rows_have_zero_effect(tiny):
+    "Skipping nothing: clean rows packed in a batch with skipped rows show no effect at all (no leakage)."
+    chunk = [(0, [(1, 5), (2, 7)]), (1, [(0, 4)]), (2, [])]
+    eff, out, rows, meas = _run_chunk(tiny, TEXTS, chunk, "block", "future")
+    clean = [r for r, (i, s, t) in enumerate(rows) if s is None]
+    assert len(clean) == 3
+    assert eff[clean].abs().max() == 0 and out[clean].abs().max() == 0
+    skipped = [r for r, (i, s, t) in enumerate(rows) if s is not None]
+    assert eff[skipped].max() > 0
+
+
+def test_dead_block_has_zero_effect():
+    m = tiny_model(seed=1)
+    dead = 2
+    with torch.no_grad():
+        m.hf.model.layers[dead].self_attn.o_proj.weight.zero_()
+        m.hf.model.layers[dead].mlp.down_proj.weight.zero_()
+    for mode in ("block", "attn", "mlp"):
+        for variant in ("future", "current"):
+            raw = skip_raw(m, TEXTS, mode=mode, variant=variant, n_t=2, progress=False)
+            assert raw["eff_max"][:, dead].max() == 0 and raw["out_max"][:, dead].max() == 0
+            assert raw["eff_max"][:, dead - 1].max() > 0
+
+
+def test_tidy_table_and_depth_score(tiny):
+    L = tiny.n_layers
+    df = skip_effects(tiny, TEXTS, n_t=2, progress=False)
+    se = df.query("metric == 'skip_effect'")
+    assert (se.layer_b > se.layer).all() and len(se.query("stat == 'max'")) == L * (L - 1) // 2
+    assert np.allclose(se.rel_depth_b, se.layer_b.astype(float) / L)
+    assert len(df.query("metric == 'skip_output'")) == 2 * L
+    mx = se.query("stat == 'max'").set_index(["layer", "layer_b"]).value
+    mean = se.query("stat == 'mean'").set_index(["layer", "layer_b"]).value
+    assert (mean <= mx + 1e-12).all()
+    per = skip_effects(tiny, TEXTS, n_t=2, per_item=True, progress=False)
+    pm = per.query("metric == 'skip_effect' and stat == 'max'").groupby(["layer", "layer_b"]).value.max()
+    np.testing.assert_allclose(pm.sort_index(), mx.sort_index())
+    ds = depth_score(per)
+    assert len(ds) == len(TEXTS) and "item" in ds
+    # hand computation for item 0
+    d0 = per.query("metric == 'skip_effect' and stat == 'max' and item == 0")
+    e = {l: d0[d0.layer == l].value.sum() / (L - 1 - l) for l in range(L - 1)}
+    assert ds.depth_score[0] == pytest.approx(sum(l * v for l, v in e.items()) / sum(e.values()))
+
+
+def test_layers_subset_and_errors(tiny):
+    a = skip_raw(tiny, TEXTS, layers=[1, 3], progress=False)
+    b = skip_raw(tiny, TEXTS, progress=False)
+    np.testing.assert_allclose(a["eff_max"], b["eff_max"][:, [1, 3]], atol=1e-6)
+    with pytest.raises(ValueError, match="mode"): skip_raw(tiny, TEXTS, mode="heads", progress=False)
+    with pytest.raises(ValueError, match="variant"): skip_raw(tiny, TEXTS, variant="past", progress=False)
+    with pytest.raises(ValueError, match="out of range"): skip_raw(tiny, TEXTS, layers=[4], progress=False)
+    with pytest.raises(ValueError, match="at least 3"): skip_raw(tiny, ["a"], progress=False)
+    with pytest.raises(ValueError, match="batch_size"): skip_raw(tiny, TEXTS, batch_size=1, progress=False)
+
+
+def test_remote_local_same_numbers():
+    a, b = tiny_model(n_layers=3), tiny_model(n_layers=3, remote="local")
+    for mode in ("block", "attn"):
+        x = skip_raw(a, TEXTS[:2], mode=mode, n_t=2, progress=False)
+        y = skip_raw(b, TEXTS[:2], mode=mode, n_t=2, progress=False)
+        np.testing.assert_allclose(x["eff_max"], y["eff_max"], atol=1e-6)
+        np.testing.assert_allclose(x["out_sum"], y["out_sum"], atol=1e-6)
