@@ -37,24 +37,32 @@ def main():
     batches = [prompts[i:i + a.batch_size] for i in range(0, len(prompts), a.batch_size)]
     n_tok = sum(int(m.encode(b)["attention_mask"].sum()) for b in batches)
 
-    def plain():
+    def plain(head=True):
         with torch.no_grad():
             for b in batches:
-                out = m.hf(**m.encode(b), output_hidden_states=True)
+                f = m.hf if head else m.hf.model   # with or without the output head over every position
+                out = f(**m.encode(b), output_hidden_states=True)
                 _ = [h.float().cpu() for h in out.hidden_states]
 
-    def ours():
-        collect(m, prompts, positions="all", batch_size=a.batch_size, cache=False, progress=False)
-
-    plain(); ours()  # warm-up
-    t_plain, t_ours = [], []
-    for _ in range(a.repeats):  # interleaved, so load on the machine hits both alike
-        t = time.perf_counter(); plain(); t_plain.append(time.perf_counter() - t)
-        t = time.perf_counter(); ours(); t_ours.append(time.perf_counter() - t)
-    mp, mo = statistics.median(t_plain), statistics.median(t_ours)
-    print(f"{len(prompts)} prompts, {n_tok} tokens, batch {a.batch_size}, {a.repeats} repeats (medians)")
-    print(f"plain HF forward, output_hidden_states: {n_tok / mp:8.0f} tokens/s")
-    print(f"depthstudy collect (resid+attn+mlp, all positions): {n_tok / mo:8.0f} tokens/s  -> {mo / mp - 1:+.1%} time vs plain")
+    runs = {
+        "plain HF CausalLM forward, output_hidden_states (head on all positions)": lambda: plain(True),
+        "plain HF base-model forward, output_hidden_states (no head)": lambda: plain(False),
+        "depthstudy collect resid+attn+mlp, all positions, logits": lambda: collect(
+            m, prompts, positions="all", logits=True, batch_size=a.batch_size, cache=False, progress=False),
+        "depthstudy collect resid+attn+mlp, all positions, no logits": lambda: collect(
+            m, prompts, positions="all", batch_size=a.batch_size, cache=False, progress=False),
+    }
+    for f in runs.values(): f()  # warm-up
+    times = {k: [] for k in runs}
+    for _ in range(a.repeats):  # interleaved, so load on the machine hits all alike
+        for k, f in runs.items():
+            t = time.perf_counter(); f(); times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{len(prompts)} prompts, {n_tok} tokens, batch {a.batch_size}, {a.repeats} repeats (medians, torch threads {torch.get_num_threads()})")
+    for k, v in med.items(): print(f"  {n_tok / v:8.0f} tokens/s  {v:7.2f} s  {k}")
+    keys = list(med)
+    print(f"collect with logits vs plain CausalLM forward: {med[keys[2]] / med[keys[0]] - 1:+.1%} time")
+    print(f"collect without logits vs plain base-model forward: {med[keys[3]] / med[keys[1]] - 1:+.1%} time")
     print(f"peak memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -49,3 +49,12 @@ def test_doctor_reports_without_revealing_key():
     r = run("doctor", "--offline", env=env)
     assert r.returncode == 0, r.stderr
     assert "NDIF API key: set" in r.stdout and "torch" in r.stdout and "MARKER-SECRET" not in r.stdout + r.stderr
+
+
+def test_depth_contrib_writes_the_tidy_table(embedded, tmp_path, data_dir):
+    out = tmp_path / "r.csv"
+    r = run("depth", "--model", "smollm2-135m", "--analysis", "contrib", "--n", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    from depthstudy.results import load_results
+    df = load_results(out)
+    assert set(df.layer) == set(range(30)) and {"attn_rel", "mlp_rel"} <= set(df.metric)
