@@ -94,3 +94,15 @@ def test_embedded_model_remote_local_matches(embedded, tmp_path):
     local = collect(embedded, prompts, cache=False, progress=False)
     sim = collect(embedded, prompts, cache=False, progress=False, remote="local")
     torch.testing.assert_close(sim.resid, local.resid, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("remote", [None, "local"])
+def test_output_head_runs_only_when_logits_are_asked_for(remote):
+    m = tiny_model("llama")
+    calls = {"n": 0}
+    h = m.hf.lm_head.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    collect(m, ["the cat sat"], cache=False, progress=False, remote=remote)
+    assert calls["n"] == 0, "collect without logits stops before the output head"
+    acts = collect(m, ["the cat sat"], cache=False, progress=False, remote=remote, logits=True)
+    assert calls["n"] == 1 and acts.logits.shape == (1, 1, m.vocab_size)
+    h.remove()
