@@ -1,0 +1,170 @@
+"Per-layer decoding (depthstudy.probes): planted signals, baselines, leak-free grouped CV, MC probe, alternation."
+import numpy as np
+import pandas as pd
+import pytest
+from depthstudy.probes import item_folds, decode_layers, planted, peak_band, mc_probe, alternation, hierarchy, readout_positions
+from depthstudy.stimuli import stimuli, LEVELS
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_binary_peaks_at_its_layer(seed):
+    X, y = planted(n=120, n_slots=7, d=48, at=4, strength=1.5, seed=seed)
+    df = decode_layers(X, y, kind="svm", n_perm=2, seed=seed)
+    acc = df[df.metric == "accuracy"].set_index("layer").value
+    auc = df[df.metric == "auc"].set_index("layer").value
+    assert acc.idxmax() == 4 and auc.idxmax() == 4 and auc[4] > 0.85
+    pb = peak_band(df, "auc").iloc[0]
+    assert pb.peak_layer == 4 and 4 in pb.band
+    assert set(df.columns) >= {"model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low",
+                               "ci_high", "n", "chance", "baseline", "baseline_low", "baseline_high"}
+    assert (df.ci_low <= df.value).all() and (df.value <= df.ci_high).all()
+
+
+def test_planted_continuous_and_logreg():
+    X, y = planted(n=100, n_slots=5, d=32, at=1, continuous=True, seed=2)
+    r2 = decode_layers(X, y, n_perm=0).set_index("layer")
+    assert (r2.metric == "r2").all() and r2.value.idxmax() == 1 and r2.value[1] > 0.3
+    assert (r2.chance == 0).all()
+    Xb, yb = planted(n=100, n_slots=5, d=32, at=3, seed=3)
+    lg = decode_layers(Xb, yb, kind="logreg", n_perm=0).query("metric == 'accuracy'").set_index("layer").value
+    assert lg.idxmax() == 3
+
+
+def test_shuffled_label_is_at_chance_within_its_band():
+    X, y = planted(n=150, n_slots=4, d=24, at=2, strength=2.0, seed=5)
+    y_shuf = np.random.default_rng(9).permutation(y)
+    df = decode_layers(X, y_shuf, kind="svm", n_perm=0, task="shuffled")
+    acc = df[df.metric == "accuracy"]
+    auc = df[df.metric == "auc"]
+    # chance lies inside the fold CI at (almost) every layer; the signal layer does not stand out
+    assert (auc.ci_low <= 0.5).sum() + (auc.ci_high >= 0.5).sum() >= 2 * len(auc) - 1
+    assert (acc.ci_low <= acc.chance + 0.02).all()
+    assert abs(acc.value.mean() - 0.5) < 0.1
+
+
+def test_permutation_baseline_sits_below_a_real_signal():
+    X, y = planted(n=120, n_slots=3, d=24, at=1, strength=2.0, seed=6)
+    df = decode_layers(X, y, n_perm=4, kind="svm").query("metric == 'auc'").set_index("layer")
+    assert df.value[1] > df.baseline_high[1]
+    assert abs(df.baseline[1] - 0.5) < 0.12 and df.p_perm[1] == pytest.approx(1 / 5)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_grouped_cv_never_leaks_an_item_on_real_stimuli(level):
+    ss = stimuli(level)
+    g = [s.items for s in ss]
+    folds = item_folds(g, cv=5, seed=0)
+    tested = np.concatenate([te for _, te in folds])
+    assert sorted(tested) == list(range(len(ss)))  # every stimulus tested exactly once
+    for tr, te in folds:
+        tr_items = {it for i in tr for it in g[i]}
+        te_items = {it for i in te for it in g[i]}
+        assert not (tr_items & te_items)
+        assert len(tr) >= 0.5 * (len(ss) - len(te)), "purging left too little to train on"
+
+
+def test_item_folds_on_a_chain_purges():
+    g = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f"), ("f", "g"), ("x",), ("y",)]
+    for tr, te in item_folds(g, cv=2, seed=1):
+        assert not ({it for i in tr for it in g[i]} & {it for i in te for it in g[i]})
+    with pytest.raises(ValueError, match="groups has"):
+        decode_layers(np.zeros((3, 2, 4)), [0, 1, 0], groups=["a", "b"])
+    with pytest.raises(ValueError, match=r"\[N, layers, d\]"):
+        decode_layers(np.zeros((3, 4)), [0, 1, 0])
+    with pytest.raises(ValueError, match="single class"):
+        decode_layers(np.zeros((6, 2, 4)), [1] * 6)
+
+
+def _mc_data(n_items=60, n_cand=4, at=2, seed=0, signal=2.5):
+    rng = np.random.default_rng(seed)
+    acts, corr = [], []
+    for i in range(n_items):
+        c = n_cand + (i % 2)  # items with different numbers of candidates
+        a = rng.standard_normal((c, 5, 16)).astype(np.float32)
+        k = int(rng.integers(c)); a[k, at, 0] += signal
+        acts.append(a); corr.append([k])
+    return acts, corr
+
+
+def test_mc_probe_finds_layer_and_control_is_low():
+    acts, corr = _mc_data()
+    df = mc_probe(acts, corr, cv=5)
+    v = df.pivot(index="layer", columns="metric", values="value")
+    assert v.mc1_probe.idxmax() == 2 and v.mc1_probe[2] > 0.7
+    assert v.control[2] < 0.45 and v.selectivity[2] > 0.3
+    assert set(df.metric) == {"mc1_probe", "control", "selectivity"}
+    ch = df[df.metric == "mc1_probe"].chance.iloc[0]
+    assert ch == pytest.approx(np.mean([1 / 4, 1 / 5]))
+
+
+def test_mc_probe_grouping_never_splits_an_item(monkeypatch):
+    import depthstudy.probes as P
+    acts, corr = _mc_data(n_items=30)
+    seen = []
+    orig = P._mc_acc
+    def spy(scores, lab, item, test_items):
+        seen.append((item, set(test_items)))
+        return orig(scores, lab, item, test_items)
+    monkeypatch.setattr(P, "_mc_acc", spy)
+    real_fit = P._estimator
+    fits = []
+    def est(kind, seed):
+        e = real_fit(kind, seed); f = e.fit
+        def fit(X, y): fits.append(len(X)); return f(X, y)
+        e.fit = fit; return e
+    monkeypatch.setattr(P, "_estimator", est)
+    P.mc_probe(acts, corr, cv=3, layers=[0])
+    n_cand = np.array([len(a) for a in acts])
+    test_sets = [t for _, t in seen[::2]]  # (real, control) alternate per fold
+    assert sorted(i for t in test_sets for i in t) == list(range(30))
+    for t, n_fit in zip(test_sets, fits[::2]):  # training rows = all candidates of the non-test items
+        assert n_fit == n_cand[[i for i in range(30) if i not in t]].sum()
+
+
+def test_alternation_detects_zigzag_and_not_smooth():
+    lay = np.arange(20)
+    base = [dict(model="m", n_layers=20, task=t, layer=int(l), metric="accuracy", value=0.6 + 0.1 * np.sin(l / 6 + k))
+            for k, t in enumerate("abcd") for l in lay]
+    smooth = pd.DataFrame(base)
+    zig = smooth.assign(value=smooth.value + np.where((smooth.layer % 2 == 0) == smooth.task.isin(["a", "b"]), .04, -.04))
+    s = alternation(smooth, n_shuffle=200).query("metric == 'flip_rate_mean'").iloc[0]
+    z = alternation(zig, n_shuffle=200).query("metric == 'flip_rate_mean'").iloc[0]
+    assert s.p_value > 0.5 and s.value < s.ci_low
+    assert z.p_value < 0.01 and z.value > z.ci_high
+    assert 0.55 < z.chance < 0.8  # random orders turn about 2/3 of the time
+    per = alternation(zig, n_shuffle=50).query("metric == 'flip_rate'")
+    assert len(per) == 18
+
+
+def test_hierarchy_on_tiny_llama_both_readouts():
+    from depthstudy.models import tiny_model
+    m = tiny_model("llama")
+    last = hierarchy(m, "items", n=40, n_perm=1, cv=4, batch_size=40,
+                     cache=False, progress=False)
+    assert set(last.task) == {"edible", "living", "man_made", "bigger_than_person", "log_size", "log_mass"}  # not category
+    assert set(last.layer) == set(range(m.n_layers + 1))
+    assert set(last[last.task == "log_size"].metric) == {"r2"}
+    assert (last.readout == "last").all() and (last.site == "resid").all() and (last.n == 40).all()
+    mean = hierarchy(m, "analogies", n=36, site="attn", readout="mean", n_perm=0, cv=3, batch_size=36,
+                     cache=False, progress=False)
+    assert set(mean.layer) == set(range(m.n_layers)) and (mean.rel_depth == mean.layer / m.n_layers).all()
+    assert not mean.equals(last)
+    ids = m.tokenizer("An apple")["input_ids"]   # the tiny word-level vocabulary: only <unk> tokens here
+    assert readout_positions(m.tokenizer, ["An apple"], "mean") == [[len(ids) - 1]]  # falls back to the last token
+    assert readout_positions(m.tokenizer, ["An apple"], "last") == "last"
+    with pytest.raises(ValueError, match="readout"):
+        hierarchy(m, "items", n=10, readout="first", cache=False, progress=False)
+
+
+def test_hierarchy_on_embedded_model(embedded, tmp_path):
+    from depthstudy.cache import ActivationCache
+    tok = embedded.tokenizer
+    texts = ["An apple", "A church and an organ"]
+    for t, pos in zip(texts, readout_positions(tok, texts, "mean")):
+        ids = tok(t)["input_ids"]
+        assert pos == [j for j, x in enumerate(ids) if x not in set(tok.all_special_ids)] and len(pos) >= 2
+    df = hierarchy(embedded, "items", n=32, labels=["living"], n_perm=0, cv=4, batch_size=32,
+                   cache=ActivationCache(tmp_path), progress=False)
+    auc = df[df.metric == "auc"].set_index("layer").value
+    assert len(auc) == embedded.n_layers + 1
+    assert auc.max() > 0.75  # a real model knows which nouns are alive (measured: ~0.9 or more at most layers)
