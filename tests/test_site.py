@@ -1,0 +1,127 @@
+"The website: rendered from _quarto.yml, opened in headless Chromium over HTTP; pages load, figures show, no internal link is broken."
+import functools, http.server, json, os, shutil, subprocess, tempfile, threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlparse, urldefrag
+from urllib.request import urlopen
+from urllib.error import HTTPError
+import pytest
+from depthstudy import course
+
+CHROMEDRIVER, CHROMIUM = "/usr/bin/chromedriver", "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return course.render_site(tmp_path_factory.mktemp("site") / "_site")
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+def _ensure_chromium():
+    "Install Debian's chromium and chromium-driver when missing; return why not when that is impossible."
+    if Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists(): return None
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env, capture_output=True)
+    if Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists(): return None
+    return "chromium / chromium-driver are not installed and apt-get could not install them (not root, or no apt)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = _ensure_chromium()
+    if why:
+        print(f"SKIPPING browser tests: {why}")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    profile = tempfile.mkdtemp(prefix="depthstudy-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
+        opts.add_argument(f)
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d.set_page_load_timeout(60)
+    yield d
+    d.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _lesson_pages(site):
+    return sorted(p.relative_to(site).as_posix() for p in (site / "lessons").glob("*.html"))
+
+
+def test_site_has_every_part(site):
+    assert (site / "index.html").exists() and (site / "api" / "index.html").exists()
+    lessons = {l["name"] for l in course.list_lessons()}
+    assert {Path(p).stem for p in _lesson_pages(site)} == lessons
+    chapters = {p.stem for p in (course.repo_root() / "nbs").glob("[0-9]*.ipynb")}
+    assert chapters and chapters <= {p.stem for p in site.glob("*.html")}
+    assert (site / "api" / "course.html").exists() and "run_lesson" in (site / "api" / "course.html").read_text()
+
+
+def test_pages_load_and_lesson_figures_show(site, server, browser):
+    pages = ["index.html", "api/index.html", *_lesson_pages(site)]
+    for page in pages:
+        browser.get(server + page)
+        state = browser.execute_script("return document.readyState")
+        title, h1 = browser.title, browser.execute_script("const h = document.querySelector('h1'); return h ? h.innerText : ''")
+        assert state == "complete" and title and h1.strip(), f"{page} did not load (title {title!r}, h1 {h1!r})"
+        if page.startswith("lessons/"):
+            widths = browser.execute_script(
+                "return Array.from(document.querySelectorAll('main img, #quarto-content img, .cell-output img'))"
+                ".map(i => [i.currentSrc.slice(0, 40), i.complete ? i.naturalWidth : 0])")
+            broken = [src for src, w in widths if w <= 0]
+            assert not broken, f"{page}: figures that do not show: {broken}"
+            if page == "lessons/00_first_look.html":
+                assert len(widths) >= 2, f"{page}: expected its two figures, found {len(widths)} img elements"
+    assert "depthstudy" in browser.title
+
+
+class _Links(HTMLParser):
+    def __init__(self): super().__init__(); self.urls = []
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for k in ("href", "src"):
+            if a.get(k) and not (tag == "a" and k == "src"): self.urls.append(a[k])
+
+
+def test_no_internal_link_is_broken(site, server):
+    checked, broken = {}, []
+    for page in sorted(site.rglob("*.html")):
+        base = server + page.relative_to(site).as_posix()
+        p = _Links(); p.feed(page.read_text(encoding="utf-8"))
+        for u in p.urls:
+            if u.startswith(("data:", "mailto:", "javascript:", "#")): continue
+            url = urldefrag(urljoin(base, u))[0]
+            if not url.startswith(server): continue           # external: not ours to check
+            if url not in checked:
+                try: checked[url] = urlopen(url, timeout=10).status
+                except HTTPError as e: checked[url] = e.code
+            if checked[url] != 200: broken.append(f"{page.relative_to(site)} -> {u} ({checked[url]})")
+    assert len(checked) > 20, f"only {len(checked)} internal links found"
+    assert not broken, "broken internal links:\n" + "\n".join(broken[:30])
+
+
+def test_site_shows_executed_lessons(tmp_path):
+    "With executed_dir, the lesson page is the executed copy, not the stored one."
+    src = course.find_lesson("00_first_look")
+    nb = json.loads(src.read_text())
+    nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": "EXECUTED-COPY-MARKER"})
+    (tmp_path / "00_first_look").mkdir()
+    (tmp_path / "00_first_look" / "00_first_look.ipynb").write_text(json.dumps(nb))
+    stage = course.stage_site(executed_dir=tmp_path)
+    assert "EXECUTED-COPY-MARKER" in (stage / "lessons" / "00_first_look.ipynb").read_text()
+    assert "EXECUTED-COPY-MARKER" not in (stage / "index.ipynb").read_text()
