@@ -17,7 +17,8 @@ from sklearn.exceptions import ConvergenceWarning
 from .results import tidy
 
 # %% auto #0
-__all__ = ['item_folds', 'decode_layers', 'planted', 'peak_band', 'mc_probe', 'alternation', 'readout_positions', 'hierarchy']
+__all__ = ['item_folds', 'decode_layers', 'planted', 'peak_band', 'mc_probe', 'probe_mc', 'alternation', 'readout_positions',
+           'hierarchy']
 
 # %% ../nbs/04_probes.ipynb #9298f7f3
 def _as_groups(groups, n):
@@ -258,6 +259,43 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
             rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
                              chance=0.0 if met == "selectivity" else chance, se=se, kind=kind))
     return _finish(rows, model, n_layers, A.shape[1], constants)
+
+# %% ../nbs/04_probes.ipynb #4d53640a
+def probe_mc(model, items, template=None, cv: int = 5, seed: int = 0, kind: str = "logreg", batch_size: int = 8,
+             progress: bool = True, layers=None, **kw) -> pd.DataFrame:
+    """Train a multiple-choice probe at every layer of `model` on `items`; return the tidy table (one task per `item.task`).
+
+    model: a `depthstudy.models.Model`; items: `MCItem`s (>= 2 per task); template: a `Template` (None:
+    `template_for(item.task)` per item, as the logit lens does); cv, seed, kind ("logreg" | "svm"), layers: as in
+    `mc_probe`; batch_size, progress and `**kw` (`cache`, `remote`, `request`) go to `depthstudy.trace.collect`.
+    Metrics per layer (0..L, `h[l]` at the last token of prompt + continuation): "mc1_probe", "control",
+    "selectivity". Extra columns: se, kind, site ("resid"), readout ("last").
+    Example: `probe_mc(load_model(), load_task("facts", n=60)).query("metric == 'mc1_probe'")`."""
+    from depthstudy.trace import collect
+    from depthstudy.tasks import template_for
+    items = list(items)
+    if not items: raise ValueError("probe_mc needs at least one item: pass a list of MCItems (e.g. load_task('facts', n=60))")
+    bad = [type(it).__name__ for it in items if not hasattr(it, "choices") or not hasattr(it, "correct")]
+    if bad: raise TypeError(f"probe_mc takes MCItems (question, choices, correct, task); got a {bad[0]}")
+    counts = pd.Series([it.task for it in items]).value_counts()
+    few = counts[counts < 2]
+    if len(few): raise ValueError(f"task {few.index[0]!r} has a single item; a probe needs >= 2 items per task to train and test")
+    texts, span = [], []
+    for it in items:
+        t = template if template is not None else template_for(it.task)
+        p = t.prompt(it)
+        span.append((len(texts), len(texts) + len(it.choices)))
+        texts += [p + t.continuation(c) for c in it.choices]
+    acts = collect(model, texts, sites=("resid",), positions="last", batch_size=batch_size, progress=progress, **kw)
+    R = acts.resid[:, :, 0].float().numpy()                       # [n_texts, L+1, d]
+    per_item = [R[a:b] for a, b in span]
+    out = []
+    for task in dict.fromkeys(it.task for it in items):
+        idx = [i for i, it in enumerate(items) if it.task == task]
+        out.append(mc_probe([per_item[i] for i in idx], [items[i].correct for i in idx], cv=min(cv, len(idx)),
+                            seed=seed, kind=kind, layers=layers, task=task, model=model, n_layers=model.n_layers,
+                            site="resid", readout="last"))
+    return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/04_probes.ipynb #04fef44d
 def _flip_rate(V):

@@ -153,3 +153,43 @@ def test_remote_local_same_numbers():
         y = skip_raw(b, TEXTS[:2], mode=mode, n_t=2, progress=False)
         np.testing.assert_allclose(x["eff_max"], y["eff_max"], atol=1e-6)
         np.testing.assert_allclose(x["out_sum"], y["out_sum"], atol=1e-6)
+
+
+def hop_items():
+    from depthstudy.tasks import MCItem
+    qs = [("one plus one", "two", 1), ("two and two", "four", 1), ("ten minus three", "seven", 1),
+          ("start at two, add three, double it", "ten", 2), ("start at one, add one, add one", "three", 2),
+          ("five, times two, minus one, plus two", "eleven", 3)]
+    return [MCItem(q, [a, "zero"], [0], f"toy-{h}", meta=dict(hops=h)) for q, a, h in qs]
+
+
+def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
+    from depthstudy.skip import depth_vs_hops
+    from depthstudy.tasks import Template
+    items = hop_items()
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, progress=False)
+    sc = per.query("metric == 'depth_score'").sort_values("item")
+    assert list(sc.hops) == [1, 1, 1, 2, 2, 3] and set(sc.task) == {"toy"} and sc.layer.isna().all()
+    # the same numbers as the two-step path: per-item skip effects on the teacher-forced texts -> depth_score
+    texts = [Template().prompt(it) + Template().continuation(it.choices[it.correct[0]]) for it in items]
+    ref = depth_score(skip_effects(tiny, texts, n_t=2, per_item=True, progress=False)).sort_values("item")
+    np.testing.assert_allclose(sc.value.to_numpy(), ref.depth_score.to_numpy(), rtol=1e-9)
+    assert sc.value.between(0, tiny.n_layers - 2).all()
+    summ = depth_vs_hops(tiny, items, n_t=2, progress=False)
+    ds = summ.query("metric == 'depth_score'").set_index("hops")
+    assert list(ds.index) == [1, 2, 3] and list(ds.n) == [3, 2, 1]
+    for h in (1, 2, 3):
+        assert ds.value[h] == pytest.approx(sc[sc.hops == h].value.mean())
+    assert ds.ci_low[1] <= ds.value[1] <= ds.ci_high[1] and np.isnan(ds.ci_low[3])   # one item: no CI
+    rel = summ.query("metric == 'rel_depth_score'").set_index("hops").value
+    np.testing.assert_allclose(rel.to_numpy(), ds.value.to_numpy() / tiny.n_layers)
+    assert set(depth_vs_hops(tiny, items[:2], n_t=1, task="mine", progress=False).task) == {"mine"}
+
+
+def test_depth_vs_hops_errors(tiny):
+    from depthstudy.skip import depth_vs_hops
+    items = hop_items()
+    items[2].meta = {}
+    with pytest.raises(ValueError, match="hops"): depth_vs_hops(tiny, items, progress=False)
+    with pytest.raises(ValueError, match="at least one"): depth_vs_hops(tiny, [], progress=False)
+    with pytest.raises(ValueError, match="stat"): depth_vs_hops(tiny, hop_items(), stat="median", progress=False)
