@@ -958,9 +958,10 @@ TASKS = {
     "math:<path>":      dict(data="<path>", about="MATH JSON lines, hops = level", paper=None),
 }
 
-def load_task(name: str, data_dir=None, n: int | None = None, seed: int = 0, **kw) -> list:
+def load_task(name: str, data_dir=None, n: int | None = None, seed: int = 0, path=None, **kw) -> list:
     """Items of task `name` (see `TASKS`); files come from `data_dir` or `$DEPTHSTUDY_DATA`.
 
+    `path` is the task's data file itself (a copy elsewhere, a subset you made); it overrides `data_dir`.
     `n` draws a random subset (deterministic per `seed`); extra keywords go to the builder
     (e.g. `op="mul"` for calculation, `k=3` for arithmetic-chains, `hops=2` for multihop-facts).
     Example: `load_task("truthfulqa-mc1", n=50)`; `load_task("generic:/tmp/items.jsonl")`."""
@@ -971,7 +972,9 @@ def load_task(name: str, data_dir=None, n: int | None = None, seed: int = 0, **k
         return _subsample(f(path, **kw), n, seed)
     if name not in TASKS: raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     rel = TASKS[name]["data"]
-    path = find_data(rel, data_dir) if rel else None
+    if path is not None and not rel: raise ValueError(f"task {name!r} is generated and reads no file; drop the path")
+    if path is not None and not Path(path).is_file(): raise TaskDataMissing(f"{path}: no such file (the data file of task {name!r})")
+    path = Path(path) if path is not None else (find_data(rel, data_dir) if rel else None)
     if name == "calculation": return calculation(n=n or 100, seed=seed, **kw)
     if name == "facts": return factual(n=n, seed=seed, **kw)
     if name == "arithmetic-chains": return arithmetic_chains(kw.pop("k", 3), n=n or 50, seed=seed, **kw)
