@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import zlib
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -444,56 +443,82 @@ def _n_layers(g, suffix, fn):
 HIERARCHY_LLAMA32_3B = {"items": (2, 7, 28), "relations": (8, 12, 28), "analogies": (10, 15, 28)}
 "Bogdan (2025), Llama-3.2-3B: layers where items, two-item relations and four-item analogies decode best (of 28)."
 
-def peak_table(df, metric, by="task", higher=True, ci_level=0.95) -> pd.DataFrame:
-    """Per model and `by` group: the peak layer of `metric` and the contiguous band within 1 SE of the peak.
+def _peaks(df, metric, by, higher, ci_level, fn) -> pd.DataFrame:
+    "`depthstudy.probes.peak_band` of a tidy results table, or `df` itself when it already is peak_band's output."
+    if isinstance(df, pd.DataFrame) and "peak_layer" in df.columns:
+        miss = [c for c in ("model", "n_layers", by, "peak_layer", "band_low", "band_high") if c not in df.columns]
+        if miss: raise ValueError(f"{fn}: the peak table lacks column(s) {miss}; make it with depthstudy.probes.peak_band")
+        return df
+    if metric is None: raise ValueError(f"{fn}: name the metric whose peaks to find, e.g. {fn}(df, 'accuracy')")
+    _check(df, ["model", "n_layers", by, "layer", "value"], metric, fn)
+    from depthstudy.probes import peak_band
+    return peak_band(df, metric, by=by, higher=higher, ci_level=ci_level)
 
-    SE = (ci_high - ci_low) / (2 z) at the peak (an `se` column is used when present); without
-    either the band is the peak layer alone. `higher=False` looks for the minimum instead.
-    Returns columns model, n_layers, `by`, peak_layer, peak_value, se, band_lo, band_hi,
-    peak_rel, lo_rel, hi_rel (relative depths). Example: `peak_table(df, "accuracy")`.
-    """
-    fn = "peak_table"
-    d = _check(df, ["model", "n_layers", by, "layer", "value"], metric, fn)
-    _no_dupes(d, ["model", by, "layer"], fn)
-    z = NormalDist().inv_cdf((1 + ci_level) / 2)
-    rows = []
-    for (m, t), g in d.groupby(["model", by], sort=False):
-        g = g.dropna(subset=["value"]).sort_values("layer")
-        if g.empty: continue
-        v, layers = g["value"].to_numpy(float), g["layer"].to_numpy(float)
-        i = int(np.argmax(v) if higher else np.argmin(v))
-        if "se" in g.columns and np.isfinite(g["se"].iloc[i]): se = float(g["se"].iloc[i])
-        elif {"ci_low", "ci_high"} <= set(g.columns) and np.isfinite(g[["ci_low", "ci_high"]].iloc[i]).all():
-            se = float(g["ci_high"].iloc[i] - g["ci_low"].iloc[i]) / (2 * z)
-        else: se = 0.0
-        ok = v >= v[i] - se if higher else v <= v[i] + se
-        lo = hi = i
-        while lo > 0 and ok[lo - 1]: lo -= 1
-        while hi < len(v) - 1 and ok[hi + 1]: hi += 1
-        L = float(g["n_layers"].iloc[0])
-        rows.append({"model": m, "n_layers": L, by: t, "peak_layer": layers[i], "peak_value": v[i], "se": se,
-                     "band_lo": layers[lo], "band_hi": layers[hi], "peak_rel": layers[i] / L,
-                     "lo_rel": layers[lo] / L, "hi_rel": layers[hi] / L})
-    return pd.DataFrame(rows)
+def _ref_span(spec, ref_n_layers):
+    "A reference band as (lo, hi, n): layers of n, or relative depths (n = None)."
+    if isinstance(spec, str): return None
+    if len(spec) == 3: return float(spec[0]), float(spec[1]), float(spec[2])
+    return float(spec[0]), float(spec[1]), (float(ref_n_layers) if ref_n_layers else None)
+
+def _span(lo, hi, digits=0):
+    f = (lambda v: f"{v:.{digits}f}") if digits else (lambda v: f"{v:g}")
+    return f(lo) if lo == hi else f"{f(lo)}–{f(hi)}"
+
+def peak_table(df, metric=None, by="task", ref=None, ref_n_layers=None, ref_label="paper", higher=True,
+               ci_level=0.95) -> pd.DataFrame:
+    """A readable table of peaks and bands within 1 SE, in layers and in relative depth, beside reference bands.
+
+    `df`: a tidy results table (peaks computed by `depthstudy.probes.peak_band` for `metric`) or that function's
+    output. `ref`: {group: (lo, hi, n_layers) | (lo, hi) | "text"} as in `peak_bands`; a string is shown as is.
+    Returns one row per model and `by` group (and site/readout/level where they vary): peak layer, band (layers),
+    peak (rel. depth), band (rel. depth), peak value, and `ref_label` (layers / rel. depth) when `ref` is given.
+    Example: `peak_table(df, "accuracy", ref=HIERARCHY_LLAMA32_3B)`."""
+    T = _peaks(df, metric, by, higher, ci_level, "peak_table")
+    keys = ["model", by] + [k for k in ("level", "site", "readout") if k in T.columns and k != by and T[k].nunique() > 1]
+    out = T[keys].copy()
+    out["layers"] = T["n_layers"].map(lambda v: f"{v:g}")
+    out["peak layer"] = T["peak_layer"].map(lambda v: f"{v:g}")
+    out["band (layers)"] = [_span(a, b) for a, b in zip(T.band_low, T.band_high)]
+    out["peak (rel. depth)"] = (T["peak_layer"] / T["n_layers"]).map(lambda v: f"{v:.2f}")
+    out["band (rel. depth)"] = [_span(a / n, b / n, 2) for a, b, n in zip(T.band_low, T.band_high, T.n_layers)]
+    if "peak_value" in T.columns: out["peak value"] = T["peak_value"].map(lambda v: f"{v:.3f}")
+    if ref:
+        lay, rel = [], []
+        for g in T[by]:
+            spec = ref.get(g)
+            sp = None if spec is None else _ref_span(spec, ref_n_layers)
+            if spec is None: lay.append(""); rel.append("")
+            elif sp is None: lay.append(str(spec)); rel.append("")
+            elif sp[2] is None: lay.append(""); rel.append(_span(sp[0], sp[1], 2))
+            else: lay.append(f"{_span(sp[0], sp[1])} of {sp[2]:g}"); rel.append(_span(sp[0] / sp[2], sp[1] / sp[2], 2))
+        out[f"{ref_label} (layers)"], out[f"{ref_label} (rel. depth)"] = lay, rel
+    return out.reset_index(drop=True)
 
 def _cell(lo, hi, n):
     "Relative-depth span of layers lo..hi out of n, one cell per layer, clipped to [0, 1]."
     return max(0.0, (lo - 0.5) / n), min(1.0, (hi + 0.5) / n)
 
-def peak_bands(df, metric, ref=None, ref_n_layers=None, ref_label="reference", by="task", order=None,
-               ax=None, higher=True, ci_level=0.95) -> Figure:
-    """Horizontal bars on relative depth: per `by` group (task/level), each model's peak layer (tick) and band within 1 SE.
+def peak_bands(df, metric=None, ref=None, ref_n_layers=None, ref_label="reference", by="task", hue="model",
+               order=None, ax=None, higher=True, ci_level=0.95, title=None) -> Figure:
+    """Horizontal bars on relative depth: per `by` group (task/level), the peak layer (tick) and band within 1 SE,
+    one bar per value of `hue` (models by default; e.g. "site" to compare sites of one model).
 
-    Args: `ref` {group: (lo, hi)} reference bands, in layers of `ref_n_layers` (or (lo, hi, n) each;
-    relative depths when no n is given), drawn hatched grey, e.g. `ref=HIERARCHY_LLAMA32_3B`;
+    `df`: a tidy results table (peaks from `depthstudy.probes.peak_band` for `metric`) or that function's output.
+    `ref` {group: (lo, hi)} reference bands, in layers of `ref_n_layers` (or (lo, hi, n) each; relative depths
+    when no n is given; a string is skipped), drawn hatched grey, e.g. `ref=HIERARCHY_LLAMA32_3B`;
     `order` the groups top to bottom. Example: `peak_bands(df, "accuracy", ref=HIERARCHY_LLAMA32_3B)`.
     """
-    T = peak_table(df, metric, by=by, higher=higher, ci_level=ci_level)
-    ref = dict(ref or {})
+    fn = "peak_bands"
+    T = _peaks(df, metric, by, higher, ci_level, fn)
+    if hue not in T.columns: raise ValueError(f"{fn}: hue column {hue!r} not in the table; it has {list(T.columns)}")
+    other = [k for k in ("model", "level", "site", "readout") if k in T.columns and k not in (by, hue) and T[k].nunique() > 1]
+    if other: raise ValueError(f"{fn}: the table varies in {other} as well as {hue!r}: select one value of "
+                               f"{other[0]!r} first, or pass hue={other[0]!r}")
+    ref = {k: v for k, v in dict(ref or {}).items() if _ref_span(v, ref_n_layers) is not None}
     groups = list(order) if order is not None else list(pd.unique(T[by])) + [k for k in ref if k not in set(T[by])]
-    models = list(pd.unique(T["model"]))
-    cols = palette(models, "model") if len(models) > 1 else palette(groups, "task")
-    slots = (1 if ref else 0) + len(models)
+    hues = list(pd.unique(T[hue]))
+    cols = palette(hues, "model" if hue == "model" else "task") if len(hues) > 1 else palette(groups, "task")
+    slots = (1 if ref else 0) + len(hues)
     h = 0.8 / slots
     with style():
         fig, (a,) = _panels(1, ax, size=(6.4, 0.28 * slots * len(groups) + 1.5))
@@ -501,27 +526,28 @@ def peak_bands(df, metric, ref=None, ref_n_layers=None, ref_label="reference", b
         for r, grp in enumerate(groups):
             top = r - 0.4 + h / 2
             if grp in ref:
-                spec = ref[grp]
-                lo, hi = ((_cell(spec[0], spec[1], spec[2]) if len(spec) == 3 else
-                           _cell(spec[0], spec[1], ref_n_layers) if ref_n_layers else (float(spec[0]), float(spec[1]))))
+                lo_, hi_, n_ = _ref_span(ref[grp], ref_n_layers)
+                lo, hi = _cell(lo_, hi_, n_) if n_ else (lo_, hi_)
                 a.barh(top, hi - lo, left=lo, height=h * 0.9, color="#DDDDDD", edgecolor="#777777", hatch="///",
                        gid="ref", label=None if "ref" in labelled else ref_label)
                 labelled.add("ref")
-            for s, m in enumerate(models):
-                row = T[(T["model"] == m) & (T[by] == grp)]
+            for s_, m in enumerate(hues):
+                row = T[(T[hue] == m) & (T[by] == grp)]
                 if row.empty: continue
                 row = row.iloc[0]
-                y = top + (s + (1 if ref else 0)) * h
-                lo, hi = _cell(row["band_lo"], row["band_hi"], row["n_layers"])
-                c = cols[m] if len(models) > 1 else cols[grp]
+                y = top + (s_ + (1 if ref else 0)) * h
+                lo, hi = _cell(row["band_low"], row["band_high"], row["n_layers"])
+                c = cols[m] if len(hues) > 1 else cols[grp]
                 a.barh(y, hi - lo, left=lo, height=h * 0.9, color=c, alpha=0.55, gid="band",
-                       label=m if len(models) > 1 and m not in labelled else None)
+                       label=str(m) if len(hues) > 1 and m not in labelled else None)
                 labelled.add(m)
-                a.plot([row["peak_rel"]], [y], marker="|", ms=10, mew=2.5, color="black", ls="none", gid="peak")
+                a.plot([row["peak_layer"] / row["n_layers"]], [y], marker="|", ms=10, mew=2.5, color="black",
+                       ls="none", gid="peak")
         a.set_yticks(range(len(groups)), [str(g) for g in groups]); a.set_ylim(len(groups) - 0.5, -0.5)
         a.set_xlim(0, 1); a.grid(False, axis="y")
         a.set_xlabel(X_LABELS["rel_depth"])
-        a.set_title(f"peak of {metric_label(metric)} (tick) and band within 1 SE", fontsize=10)
+        what = metric_label(T["metric"].iloc[0]) if "metric" in T.columns and len(T) else "score"
+        a.set_title(title or f"peak of {what} (tick) and band within 1 SE", fontsize=10)
         if len(a.get_legend_handles_labels()[0]): a.legend(loc="lower right")
     return fig
 

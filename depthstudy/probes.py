@@ -11,14 +11,14 @@ from scipy import stats
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
-from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.metrics import roc_auc_score, r2_score
+from sklearn.linear_model import LogisticRegression, RidgeClassifierCV
+from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
 from .results import tidy
 
 # %% auto #0
-__all__ = ['item_folds', 'decode_layers', 'planted', 'peak_band', 'mc_probe', 'probe_mc', 'alternation', 'readout_positions',
-           'hierarchy']
+__all__ = ['item_folds', 'decode_layers', 'planted', 'peak_band', 'skill', 'level_curves', 'mc_probe', 'probe_mc', 'alternation',
+           'readout_positions', 'hierarchy']
 
 # %% ../nbs/04_probes.ipynb #9298f7f3
 def _as_groups(groups, n):
@@ -76,38 +76,104 @@ def item_folds(groups, cv: int = 5, seed: int = 0):
     return out
 
 # %% ../nbs/04_probes.ipynb #332cb8d7
+_ALPHAS = np.logspace(-1, 6, 15)
+"Ridge penalties searched by efficient leave-one-out CV inside each training fold (features standardised)."
+
 def _kind_for(y):
     y = np.asarray(y)
     if y.dtype.kind == "f" and len(np.unique(y)) > 10: return "ridge"
     return "svm"
 
 def _estimator(kind, seed, n_classes=2):
+    "A scikit-learn probe for class labels (decode_layers' ridge path is `_ridge_fold`; mc_probe uses all three)."
     if kind == "svm": est = LinearSVC(C=1.0, max_iter=5000, random_state=seed)
     elif kind == "logreg":   # liblinear is several times faster for the small-N, wide-d binary case
         est = LogisticRegression(C=1.0, max_iter=2000, **(dict(solver="liblinear") if n_classes == 2 else {}))
-    elif kind == "ridge": est = RidgeCV(alphas=np.logspace(-1, 5, 13))
+    elif kind == "ridge": est = RidgeClassifierCV(alphas=_ALPHAS)
     else: raise ValueError(f"kind must be 'svm', 'logreg' or 'ridge', got {kind!r}")
     return make_pipeline(StandardScaler(), est)   # standardised inside each fold: test stats never leak
 
+def _auc(pos, score):
+    "ROC AUC by the Mann-Whitney rank formula (ties count half); NaN without both classes. 50x faster than sklearn's."
+    pos = np.asarray(pos, bool); n1 = int(pos.sum()); n0 = len(pos) - n1
+    if not n1 or not n0: return np.nan
+    return float((stats.rankdata(score)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+def _r2(y, p):
+    "Held-out R^2 (1 - SSE / SS around the test mean, as sklearn's r2_score); NaN for fewer than 2 test points."
+    if len(y) < 2: return np.nan
+    ss = float(((y - y.mean()) ** 2).sum())
+    return 1 - float(((y - p) ** 2).sum()) / ss if ss > 0 else np.nan
+
+def _ridge_fold(Xtr, Xte, Ytr, sizes, alphas=_ALPHAS):
+    """Closed-form ridge for many targets at once: test predictions [n_te, T] for the columns of `Ytr` [n_tr, T].
+
+    Features are standardised on the training fold; one eigendecomposition of the training Gram matrix serves
+    every target and every penalty. The penalty is chosen per block of columns (`sizes`: one block per label or
+    permuted label, e.g. the one-hot columns of one multi-class label) by efficient leave-one-out error."""
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd[sd == 0] = 1
+    A, B = (Xtr - mu) / sd, (Xte - mu) / sd
+    ym = Ytr.mean(0); Yc = Ytr - ym
+    e, Q = np.linalg.eigh(A @ A.T)
+    e = np.clip(e, 0, None)
+    QtY, Q2 = Q.T @ Yc, Q ** 2
+    starts = np.cumsum([0] + list(sizes))[:-1]
+    err = np.empty((len(alphas), len(sizes)))
+    for i, a in enumerate(alphas):
+        f = e / (e + a)
+        h = Q2 @ f + 1 / len(A)                     # hat diagonal; 1/n is the (unpenalised) intercept's share
+        loo = (Yc - Q @ (f[:, None] * QtY)) / np.maximum(1 - h, 1e-9)[:, None]
+        err[i] = np.add.reduceat((loo ** 2).sum(0), starts)
+    a_col = np.repeat(alphas[err.argmin(0)], sizes)
+    return (B @ A.T) @ Q @ (QtY / (e[:, None] + a_col[None, :])) + ym
+
+def _ridge_scores(Xl, labels, folds):
+    """Per-fold metric dicts for one layer, for every target of every label, all fitted together by `_ridge_fold`.
+
+    labels: list of (targets, regression, classes), `targets` = the label and then its permutations. Returns, per
+    label, a list (per target) of lists of per-fold dicts. Classes are coded +-1 (one column when binary,
+    one-vs-rest columns otherwise; prediction = argmax), as scikit-learn's RidgeClassifier does."""
+    out = [[[] for _ in ys] for ys, _, _ in labels]
+    for tr, te in folds:
+        blocks, sizes = [], []
+        for ys, regression, classes in labels:
+            cols = None if regression else (classes[1:] if len(classes) == 2 else classes)
+            for y in ys:
+                blocks.append(y[tr, None].astype(float) if regression else np.where(y[tr, None] == cols[None, :], 1.0, -1.0))
+                sizes.append(blocks[-1].shape[1])
+        P = _ridge_fold(Xl[tr], Xl[te], np.concatenate(blocks, 1), sizes)
+        c = 0
+        for k, (ys, regression, classes) in enumerate(labels):
+            for j, y in enumerate(ys):
+                w = 1 if regression or len(classes) == 2 else len(classes)
+                s, c = P[:, c:c + w], c + w
+                if regression:
+                    out[k][j].append(dict(r2=_r2(y[te], s[:, 0]))); continue
+                if len(np.unique(y[tr])) < 2: continue                 # a fold without both classes cannot train
+                binary = len(classes) == 2
+                pred = np.where(s[:, 0] > 0, classes[1], classes[0]) if binary else classes[s.argmax(1)]
+                d = dict(accuracy=float((pred == y[te]).mean()))
+                if binary: d["auc"] = _auc(y[te] == classes[1], s[:, 0])
+                out[k][j].append(d)
+    return out
+
 def _fold_scores(Xl, y, folds, kind, seed, binary):
-    "Per-fold metric dicts for one layer."
+    "Per-fold metric dicts for one layer (scikit-learn probes for class labels)."
     out = []
     for tr, te in folds:
-        if kind != "ridge" and len(np.unique(y[tr])) < 2: continue   # a fold without both classes cannot train
+        if len(np.unique(y[tr])) < 2: continue   # a fold without both classes cannot train
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             p = _estimator(kind, seed, len(np.unique(y[tr]))).fit(Xl[tr], y[tr])
-        if kind == "ridge":
-            out.append(dict(r2=r2_score(y[te], p.predict(Xl[te])) if len(te) > 1 else np.nan))
-            continue
         d = dict(accuracy=float((p.predict(Xl[te]) == y[te]).mean()))
         if binary:
-            d["auc"] = roc_auc_score(y[te], p.decision_function(Xl[te])) if len(np.unique(y[te])) == 2 else np.nan
+            d["auc"] = _auc(y[te] == p.classes_[1], p.decision_function(Xl[te]))
         out.append(d)
     return out
 
-def _chance(y, folds, kind, binary):
-    if kind == "ridge": return dict(r2=0.0)
+def _chance(y, regression, binary):
+    if regression: return dict(r2=0.0)
     maj = float(pd.Series(y).value_counts(normalize=True).iloc[0])   # majority-class rate
     return dict(accuracy=maj, **(dict(auc=0.5) if binary else {}))
 
@@ -129,48 +195,73 @@ def _summ(v, level=0.95):
     return m, se, m - h, m + h
 
 # %% ../nbs/04_probes.ipynb #9c7b57a9
+def _label_spec(name, y, kind, n):
+    "(targets-to-be, regression, classes, binary, kind, chance) for one label; raises early on bad labels."
+    y = np.asarray(y)
+    if len(y) != n: raise ValueError(f"X has {n} stimuli but label {name!r} has {len(y)} values")
+    kind = kind or _kind_for(y)
+    if kind not in ("svm", "logreg", "ridge"): raise ValueError(f"kind must be 'svm', 'logreg' or 'ridge', got {kind!r}")
+    regression = kind == "ridge" and y.dtype.kind == "f"
+    if regression: y = y.astype(float)
+    elif len(np.unique(y)) < 2: raise ValueError(f"label {name!r} has a single class: nothing to decode")
+    classes = None if regression else np.unique(y)
+    binary = not regression and len(classes) == 2
+    return dict(name=name, y=y, regression=regression, classes=classes, binary=binary, kind=kind,
+                chance=_chance(y, regression, binary))
+
 def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed: int = 0, n_perm: int = 5,
                   layers=None, task: str = "label", model=None, n_layers: int | None = None,
                   progress: bool = False, **constants) -> pd.DataFrame:
     """Fit a linear probe for `y` at every layer of `X` with item-grouped CV; return the tidy table.
 
     X: [N, n_layer_slots, d] activations (e.g. residual [N, L+1, d]); y: [N] labels (str/int classes or
-    floats); groups: one item or tuple of items per stimulus (see `item_folds`; None = each stimulus its own);
-    kind: "svm" | "logreg" (classes; metrics accuracy, and auc when binary) or "ridge" (floats; metric r2),
-    default from y; n_perm: label permutations for the baseline (0 = none); layers: subset of layer indices;
+    floats), or a dict {task: labels} to decode several labels of the same stimuli in one go (same folds; with
+    kind "ridge" one decomposition per layer and fold serves them all; float labels are then always regressed);
+    groups: one item or tuple of items per stimulus (see `item_folds`; None = each stimulus its own);
+    kind: "svm" | "logreg" | "ridge". Class labels give metrics accuracy (and auc when binary); float labels with
+    kind "ridge" (the default when y has > 10 distinct floats) are regressed, metric r2 (held out);
+    n_perm: label permutations for the baseline (0 = none); layers: subset of layer indices;
     n_layers: the model's L for `rel_depth` (default `X.shape[1] - 1`, the residual convention).
     Columns beyond the schema: se, baseline (permutation mean), baseline_low/high (its 95% band), p_perm,
-    n_train (mean training size after purging), readout/site etc. from `constants`.
+    n_train (mean training size after purging), kind, n_folds, readout/site etc. from `constants`.
     Example: `decode_layers(X, y, groups=items, kind="svm", n_perm=5, task="edible")`."""
     X = np.asarray(X, dtype=np.float32) if not hasattr(X, "numpy") else X.float().numpy()
     if X.ndim != 3: raise ValueError(f"X must be [N, layers, d]; got shape {X.shape}. Squeeze the position axis first.")
-    y = np.asarray(y)
-    if len(y) != len(X): raise ValueError(f"X has {len(X)} stimuli but y has {len(y)} labels")
-    kind = kind or _kind_for(y)
-    if kind == "ridge": y = y.astype(float)
-    elif len(np.unique(y)) < 2: raise ValueError(f"label {task!r} has a single class: nothing to decode")
-    binary = kind != "ridge" and len(np.unique(y)) == 2
-    folds = item_folds(_as_groups(groups, len(y)), cv=cv, seed=seed)
+    if isinstance(y, dict):
+        specs = [_label_spec(k, v, "ridge" if np.asarray(v).dtype.kind == "f" else kind, len(X)) for k, v in y.items()]
+    else: specs = [_label_spec(task, y, kind, len(X))]
+    if not specs: raise ValueError("no labels to decode: y is an empty dict")
+    folds = item_folds(_as_groups(groups, len(X)), cv=cv, seed=seed)
     n_train = float(np.mean([len(tr) for tr, _ in folds]))
     rng = np.random.default_rng(seed)
-    perms = [rng.permutation(len(y)) for _ in range(n_perm)]
-    chance = _chance(y, folds, kind, binary)
+    perms = [rng.permutation(len(X)) for _ in range(n_perm)]
     layers = range(X.shape[1]) if layers is None else layers
     if progress:
-        from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"decode {task}")
+        from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"decode {task if len(specs) == 1 else len(specs)}")
     rows = []
-    for l in layers:
-        sc = _fold_scores(X[:, l], y, folds, kind, seed, binary)
-        if not sc: raise ValueError(f"label {task!r}: no fold has two classes to train on; use more stimuli or a lower cv")
-        null = [_fold_scores(X[:, l], y[p], folds, kind, seed, binary) for p in perms]
-        for met in sc[0]:
-            m, se, lo, hi = _summ([s[met] for s in sc])
-            nm = np.array([np.nanmean([s[met] for s in fs]) for fs in null]) if n_perm else np.array([np.nan])
-            rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=len(y),
-                             chance=chance[met], se=se, baseline=float(np.mean(nm)),
-                             baseline_low=float(np.quantile(nm, .025)), baseline_high=float(np.quantile(nm, .975)),
-                             p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if n_perm else np.nan,
-                             n_train=n_train, kind=kind, n_folds=len(sc)))
+    with threadpool_limits(1):
+        for l in layers:
+            ridge = [sp for sp in specs if sp["kind"] == "ridge"]
+            scores = {}
+            if ridge:
+                Xl = X[:, l].astype(np.float64)
+                res = _ridge_scores(Xl, [([sp["y"]] + [sp["y"][p] for p in perms], sp["regression"], sp["classes"])
+                                         for sp in ridge], folds)
+                scores = {sp["name"]: r for sp, r in zip(ridge, res)}
+            for sp in specs:
+                if sp["kind"] != "ridge":
+                    scores[sp["name"]] = [_fold_scores(X[:, l], yy, folds, sp["kind"], seed, sp["binary"])
+                                          for yy in [sp["y"]] + [sp["y"][p] for p in perms]]
+                sc, *null = scores[sp["name"]]
+                if not sc: raise ValueError(f"label {sp['name']!r}: no fold has two classes to train on; use more stimuli or a lower cv")
+                for met in sc[0]:
+                    m, se, lo, hi = _summ([s[met] for s in sc])
+                    nm = np.array([np.nanmean([s[met] for s in fs]) for fs in null]) if n_perm else np.array([np.nan])
+                    rows.append(dict(task=sp["name"], layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=len(X),
+                                     chance=sp["chance"][met], se=se, baseline=float(np.mean(nm)),
+                                     baseline_low=float(np.quantile(nm, .025)), baseline_high=float(np.quantile(nm, .975)),
+                                     p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if n_perm else np.nan,
+                                     n_train=n_train, kind=sp["kind"], n_folds=len(sc)))
     return _finish(rows, model, n_layers, X.shape[1], constants)
 
 # %% ../nbs/04_probes.ipynb #87665ea2
@@ -184,24 +275,95 @@ def planted(n=120, n_slots=9, d=64, at=5, strength=1.5, seed=0, continuous=False
     return X, y
 
 # %% ../nbs/04_probes.ipynb #b46dbdba
-def peak_band(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Peak layer and the band of layers within one SE of the peak, per task (and model/site/readout).
+_GROUP_KEYS = ("level", "site", "readout", "kind")
 
-    Example: `peak_band(decode_layers(X, y), "accuracy")` -> columns peak_layer, peak_value, se, band_low,
-    band_high, band (list of layers), rel_peak."""
-    d = df[df.metric == metric]
+def _band_se(g, i, z):
+    "SE at row i of g: the `se` column, else the CI half-width / z, else 0."
+    if "se" in g.columns and np.isfinite(g["se"].iloc[i]): return float(g["se"].iloc[i])
+    if {"ci_low", "ci_high"} <= set(g.columns) and np.isfinite(g[["ci_low", "ci_high"]].iloc[i].to_numpy(float)).all():
+        return float(g["ci_high"].iloc[i] - g["ci_low"].iloc[i]) / (2 * z)
+    return 0.0
+
+def peak_band(df: pd.DataFrame, metric: str, by: str = "task", higher: bool = True, ci_level: float = 0.95) -> pd.DataFrame:
+    """Peak layer of `metric` and the contiguous band of layers within one SE of it, per model and `by` group
+    (and per level/site/readout/kind where those columns vary).
+
+    SE: the `se` column at the peak, else (ci_high - ci_low) / (2 z) for a normal interval at `ci_level`, else 0
+    (the band is the peak alone). `higher=False` looks for the minimum. Returns columns model, n_layers, `by`,
+    [level, site, readout, kind], metric, peak_layer, peak_value, se, band_low, band_high, band (list of layers),
+    rel_peak, rel_low, rel_high (= layer / n_layers; NaN without n_layers).
+    Example: `peak_band(decode_layers(X, y), "accuracy")`."""
+    need = [c for c in (by, "layer", "value", "metric") if c not in df.columns]
+    if need: raise ValueError(f"peak_band: the table lacks column(s) {need}; it has {list(df.columns)}")
+    d = df[df.metric == metric].copy()
     if d.empty: raise ValueError(f"no rows with metric {metric!r}; metrics here: {sorted(df.metric.unique())}")
-    keys = [k for k in ("model", "task", "site", "readout") if k in d.columns]
+    if "model" not in d.columns: d["model"] = "none"
+    keys = ["model", by] + [k for k in _GROUP_KEYS if k in d.columns and k != by and d[k].nunique(dropna=False) > 1]
+    dup = d.duplicated(keys + ["layer"])
+    if dup.any():
+        raise ValueError(f"peak_band: {int(dup.sum())} rows share {keys + ['layer']}; select one value per layer "
+                         f"(e.g. by a column such as site or readout) first")
+    z = stats.norm.ppf((1 + ci_level) / 2)
     rows = []
-    for kv, g in d.groupby(keys, dropna=False):
-        g = g.sort_values("layer")
-        i = g.value.idxmax(); pk = g.loc[i]
-        se = pk["se"] if "se" in g and not pd.isna(pk["se"]) else 0.0
-        band = g.layer[g.value >= pk.value - se].astype(int).tolist()
-        rows.append(dict(zip(keys, kv if isinstance(kv, tuple) else (kv,)), metric=metric, peak_layer=int(pk.layer),
-                         peak_value=pk.value, se=se, band_low=min(band), band_high=max(band), band=band,
-                         rel_peak=pk.layer / pk.n_layers if pd.notna(pk.get("n_layers")) else np.nan))
-    return pd.DataFrame(rows)
+    for kv, g in d.groupby(keys, sort=False, dropna=False):
+        g = g.dropna(subset=["value"]).sort_values("layer")
+        if g.empty: continue
+        v, lay = g["value"].to_numpy(float), g["layer"].to_numpy(float)
+        i = int(np.argmax(v) if higher else np.argmin(v))
+        se = _band_se(g, i, z)
+        ok = v >= v[i] - se if higher else v <= v[i] + se
+        lo = hi = i
+        while lo > 0 and ok[lo - 1]: lo -= 1
+        while hi < len(v) - 1 and ok[hi + 1]: hi += 1
+        L = float(g["n_layers"].iloc[0]) if "n_layers" in g.columns and pd.notna(g["n_layers"].iloc[0]) else np.nan
+        rows.append(dict(zip(keys, kv if isinstance(kv, tuple) else (kv,)), n_layers=L, metric=metric,
+                         peak_layer=int(lay[i]), peak_value=v[i], se=se, band_low=int(lay[lo]), band_high=int(lay[hi]),
+                         band=[int(x) for x in lay[lo:hi + 1]], rel_peak=lay[i] / L, rel_low=lay[lo] / L,
+                         rel_high=lay[hi] / L))
+    out = pd.DataFrame(rows)
+    return out[["model", "n_layers"] + [c for c in out.columns if c not in ("model", "n_layers")]]
+
+# %% ../nbs/04_probes.ipynb #c7c96330
+_MAIN = ("auc", "accuracy", "r2")
+
+def skill(df: pd.DataFrame) -> pd.DataFrame:
+    """Chance-normalised decodability, `(value - chance) / (1 - chance)`, of each label's main metric (auc if present,
+    else accuracy, else r2), per layer: metric "skill", chance 0; ci_low/high, se, baseline, baseline_low/high
+    rescaled alike; `source_metric` keeps the original. Example: `skill(hierarchy(m, "items"))`."""
+    keys = ["model", "task"] + [k for k in _GROUP_KEYS if k in df.columns]
+    parts = []
+    for _, g in df.groupby(keys, sort=False, dropna=False):
+        met = next((m for m in _MAIN if m in set(g.metric)), None)
+        if met is None: continue
+        g = g[g.metric == met].copy()
+        c = g["chance"].astype(float).fillna(0.0)
+        scale = (1 - c).where((1 - c).abs() > 1e-9, 1.0)
+        for col in ("value", "ci_low", "ci_high", "baseline", "baseline_low", "baseline_high"):
+            if col in g.columns: g[col] = (g[col].astype(float) - c) / scale
+        if "se" in g.columns: g["se"] = g["se"].astype(float) / scale
+        parts.append(g.assign(metric="skill", chance=0.0, source_metric=met))
+    if not parts: raise ValueError(f"skill needs rows of metric auc, accuracy or r2; the table has {sorted(set(df.metric))}")
+    return pd.concat(parts, ignore_index=True)
+
+def level_curves(df: pd.DataFrame, ci_level: float = 0.95) -> pd.DataFrame:
+    """Mean `skill` over the labels of each level, per layer (and model/site/readout/kind): task = the level.
+
+    value = mean skill, se = mean of the labels' SEs (conservative), ci = value +- z * se, baseline(_low/_high) =
+    mean of the labels' rescaled permutation baselines, n = stimuli, n_labels, labels (joined names).
+    Accepts a decoding table (converted with `skill`) or a skill table. Example: `level_curves(hierarchy(m, "items"))`."""
+    sk = df if set(df.metric) == {"skill"} else skill(df)
+    if "level" not in sk.columns: raise ValueError("level_curves needs a `level` column (tables from `hierarchy` have one)")
+    keys = ["model", "n_layers", "level"] + [k for k in ("site", "readout") if k in sk.columns] + ["layer"]
+    z = stats.norm.ppf((1 + ci_level) / 2)
+    agg = dict(value=("value", "mean"), se=("se", "mean"), n=("n", "max"), n_labels=("task", "nunique"),
+               labels=("task", lambda t: ",".join(sorted(set(t)))))
+    for col in ("baseline", "baseline_low", "baseline_high"):
+        if col in sk.columns: agg[col] = (col, "mean")
+    out = sk.groupby(keys, sort=False, dropna=False).agg(**agg).reset_index()
+    out["task"] = out["level"]
+    out["metric"] = "skill"; out["chance"] = 0.0
+    out["ci_low"], out["ci_high"] = out.value - z * out.se, out.value + z * out.se
+    return tidy(out)
 
 # %% ../nbs/04_probes.ipynb #fbd95aca
 def _flatten_mc(acts_by_candidate, correct):
@@ -246,18 +408,19 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
     if progress:
         from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"mc probe {task}")
     rows = []
-    for l in layers:
-        acc, con = [], []
-        for tr, te, te_items in folds:
-            for labels, out in ((lab, acc), (ctrl, con)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    p = _estimator(kind, seed).fit(A[tr, l], labels[tr])
-                out.append(_mc_acc(p.decision_function(A[:, l]), labels, item, te_items))
-        for met, v in (("mc1_probe", acc), ("control", con), ("selectivity", np.subtract(acc, con))):
-            m, se, lo, hi = _summ(v)
-            rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
-                             chance=0.0 if met == "selectivity" else chance, se=se, kind=kind))
+    with threadpool_limits(1):   # small dense problems: one BLAS thread is fastest (see decode_layers)
+        for l in layers:
+            acc, con = [], []
+            for tr, te, te_items in folds:
+                for labels, out in ((lab, acc), (ctrl, con)):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        p = _estimator(kind, seed).fit(A[tr, l], labels[tr])
+                    out.append(_mc_acc(p.decision_function(A[:, l]), labels, item, te_items))
+            for met, v in (("mc1_probe", acc), ("control", con), ("selectivity", np.subtract(acc, con))):
+                m, se, lo, hi = _summ(v)
+                rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
+                                 chance=0.0 if met == "selectivity" else chance, se=se, kind=kind))
     return _finish(rows, model, n_layers, A.shape[1], constants)
 
 # %% ../nbs/04_probes.ipynb #4d53640a
@@ -304,25 +467,15 @@ def _flip_rate(V):
     ok = (a != 0) & (b != 0)
     return (a != b) & ok, ok
 
-def alternation(df_attn: pd.DataFrame, metric: str | None = None, n_shuffle: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Rate of sign flips between adjacent layers' label-demeaned decodability, against shuffled layer orders.
-
-    df_attn: tidy decoding table with >= 2 tasks (labels) over the same layers; metric: which metric (default:
-    the first of auc, accuracy, r2 present). Returns tidy rows: metric "flip_rate" per layer (the fraction of
-    labels whose curve turns at that layer; chance = null mean) and one summary row with layer = NaN
-    (value = observed mean rate, chance = null mean, ci_low/ci_high = null 95% band, p_value).
-    Example: `alternation(decode_table_on_attn, "accuracy")`."""
-    if metric is None:
-        metric = next((m for m in ("auc", "accuracy", "r2") if m in set(df_attn.metric)), None)
-    d = df_attn[df_attn.metric == metric]
-    V = d.pivot_table(index="task", columns="layer", values="value").dropna(axis=1)
+def _alternation_one(d, metric, n_shuffle, rng):
+    idx = [c for c in ("level", "task") if c in d.columns]                    # a label = (level, task)
+    V = d.pivot_table(index=idx, columns="layer", values="value").dropna(axis=1)
     if V.shape[0] < 2 or V.shape[1] < 4:
         raise ValueError(f"alternation needs >= 2 labels over >= 4 layers of metric {metric!r}; got {V.shape}")
     layers, V = V.columns.to_numpy(), V.to_numpy(float)
     V = V - V.mean(axis=0, keepdims=True)
     flips, ok = _flip_rate(V)
     obs = flips.sum() / max(ok.sum(), 1)
-    rng = np.random.default_rng(seed)
     null, null_l = np.empty(n_shuffle), np.empty((n_shuffle, flips.shape[1]))
     for s in range(n_shuffle):
         f, o = _flip_rate(V[:, rng.permutation(V.shape[1])])
@@ -333,7 +486,27 @@ def alternation(df_attn: pd.DataFrame, metric: str | None = None, n_shuffle: int
     rows.append(dict(base, layer=np.nan, metric="flip_rate_mean", value=obs, chance=null.mean(),
                      ci_low=np.quantile(null, .025), ci_high=np.quantile(null, .975),
                      p_value=(1 + np.sum(null >= obs)) / (1 + n_shuffle), source_metric=metric))
-    return tidy(rows)
+    return rows
+
+def alternation(df_attn: pd.DataFrame, metric: str | None = None, n_shuffle: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Rate of sign flips between adjacent layers' label-demeaned decodability, against shuffled layer orders.
+
+    df_attn: tidy decoding table with >= 2 labels (tasks; with a `level` column, a label is a (level, task) pair)
+    over the same layers; one result per model/site/readout present. metric: which metric (default: the first of
+    skill, auc, accuracy, r2 present). Returns tidy rows: metric "flip_rate" per layer (the fraction of labels
+    whose curve turns at that layer; chance = null mean) and one summary row with layer = NaN (metric
+    "flip_rate_mean": value = observed mean rate, chance = null mean, ci_low/ci_high = null 95% band, p_value).
+    Example: `alternation(decode_table_on_attn, "accuracy")`."""
+    if metric is None:
+        metric = next((m for m in ("skill", "auc", "accuracy", "r2") if m in set(df_attn.metric)), None)
+    d = df_attn[df_attn.metric == metric]
+    if d.empty: raise ValueError(f"alternation: no rows of metric {metric!r}; the table has {sorted(set(df_attn.metric))}")
+    keys = [k for k in ("model", "site", "readout") if k in d.columns]
+    rng, out = np.random.default_rng(seed), []
+    for kv, g in d.groupby(keys, sort=False, dropna=False):
+        const = dict(zip(keys, kv if isinstance(kv, tuple) else (kv,)))
+        out += [dict(r, **const) for r in _alternation_one(g, metric, n_shuffle, rng)]
+    return tidy(out)
 
 # %% ../nbs/04_probes.ipynb #592c39b9
 def readout_positions(tokenizer, prompts, readout: str = "last"):
@@ -349,22 +522,31 @@ def readout_positions(tokenizer, prompts, readout: str = "last"):
 
 def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: int | None = None, seed: int = 0,
               kind: str | None = None, batch_size: int = 8, labels=None, cv: int = 5, n_perm: int = 5,
-              max_classes: int = 8, cache=True, progress: bool = True) -> pd.DataFrame:
+              max_classes: int = 8, layers=None, cache=True, progress: bool = True) -> pd.DataFrame:
     """Decode every label of one stimulus `level` from every layer of `model`; return the tidy table.
 
     level: one of `depthstudy.stimuli.LEVELS`; readout: "last" | "mean" (see above); site: "resid" (layers
     0..L = h[l]) | "attn" | "mlp" (layers 0..L-1 = block l's contribution); n/seed: which stimuli; kind:
-    "svm" | "logreg" for class labels (continuous labels always use ridge); labels: label names to decode
-    (default: all with at most `max_classes` classes; a label with a single class among the stimuli is skipped);
-    cache: True, False or an `ActivationCache`.
+    "svm" (default) | "logreg" | "ridge" for class labels (continuous labels always use ridge regression);
+    labels: label names to decode (default: all with at most `max_classes` classes; a label with a single class
+    among the stimuli is skipped); layers: a subset of layer indices (default all); cache: True, False or an
+    `ActivationCache`. All labels share the folds (and, with ridge, one decomposition per layer and fold).
     Extra columns: level, site, readout, kind, se, baseline, baseline_low/high, p_perm, n_train.
     Example: `hierarchy(load_model(), "items", n=100)`."""
     from depthstudy.stimuli import stimuli, LEVELS
     from depthstudy.trace import collect
     if level not in LEVELS: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS}")
     if site not in ("resid", "attn", "mlp"): raise ValueError(f"site must be 'resid', 'attn' or 'mlp', got {site!r}")
-    if kind not in (None, "svm", "logreg"): raise ValueError(f"kind is for class labels: 'svm' or 'logreg', got {kind!r}")
+    if kind not in (None, "svm", "logreg", "ridge"): raise ValueError(f"kind must be 'svm', 'logreg' or 'ridge', got {kind!r}")
     ss = stimuli(level, n=n, seed=seed)
+    names = list(labels) if labels is not None else [   # many-class labels (items' category) only when asked:
+        k for k, v in ss[0].labels.items()                # a 19-way SVM costs ~40 binary ones
+        if isinstance(v, float) or len({s.labels[k] for s in ss}) <= max_classes]
+    bad = [k for k in names if k not in ss[0].labels]
+    if bad: raise ValueError(f"level {level!r} has no label {bad[0]!r}; it has {list(ss[0].labels)}")
+    ys = {k: np.array([s.labels[k] for s in ss]) for k in names}
+    ys = {k: y for k, y in ys.items() if len(np.unique(y)) > 1}
+    if not ys: raise ValueError(f"no label of {names} varies among these {len(ss)} stimuli: use more (n=None for all)")
     prompts = [s.text for s in ss]
     pos = readout_positions(model.tokenizer, prompts, readout)
     acts = collect(model, prompts, sites=(site,), positions=pos, batch_size=batch_size, cache=cache, progress=progress)
@@ -374,17 +556,6 @@ def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: 
         w = acts.mask[:, None, :, None].float()
         X = (A * w).sum(2) / w.sum(2)
     X = X.float().numpy()
-    names = list(labels) if labels is not None else [   # many-class labels (items' category) only when asked:
-        k for k, v in ss[0].labels.items()                # a 19-way SVM costs ~40 binary ones
-        if isinstance(v, float) or len({s.labels[k] for s in ss}) <= max_classes]
-    groups = [s.items for s in ss]
-    out = []
-    for name in names:
-        if name not in ss[0].labels: raise ValueError(f"level {level!r} has no label {name!r}; it has {list(ss[0].labels)}")
-        y = np.array([s.labels[name] for s in ss])
-        if len(np.unique(y)) < 2: continue
-        k = "ridge" if y.dtype.kind == "f" else (kind or "svm")
-        out.append(decode_layers(X, y, groups, kind=k, cv=cv, seed=seed, n_perm=n_perm, task=name, model=model,
-                                 n_layers=model.n_layers, level=level, site=site, readout=readout))
-    if not out: raise ValueError(f"no label of {names} varies among these {len(ss)} stimuli: use more (n=None for all)")
-    return pd.concat(out, ignore_index=True)
+    return decode_layers(X, ys, [s.items for s in ss], kind=kind or "svm", cv=cv, seed=seed, n_perm=n_perm,
+                         layers=layers, model=model, n_layers=model.n_layers, progress=progress, level=level,
+                         site=site, readout=readout)

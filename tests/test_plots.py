@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from depthstudy import plots
 from depthstudy.plots import (layer_curves, task_layer_heatmap, calc_grid, pair_heatmap, peak_bands, peak_table,
                               compare_models, save_figure, palette, style, HIERARCHY_LLAMA32_3B)
+from depthstudy.probes import peak_band
 
 COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance"]
 
@@ -246,19 +247,38 @@ def hierarchy(models=(("small", 10), ("deep", 20))):
     return frame(rows)
 
 
-def test_peak_table_peak_and_band():
+def test_peak_band_numbers_come_from_probes():
+    "peak_bands and peak_table draw and format depthstudy.probes.peak_band: one owner of the numbers."
     df = hierarchy()
-    T = peak_table(df, "accuracy")
-    assert len(T) == 6
-    for _, r in T.iterrows():
+    P = peak_band(df, "accuracy")
+    assert len(P) == 6
+    for _, r in P.iterrows():
         g = df[(df.model == r.model) & (df.task == r.task)].sort_values("layer")
         assert r.peak_layer == g.layer.iloc[g.value.argmax()]
-        assert np.isclose(r.se, 0.02, atol=1e-4)
-        band = g[(g.layer >= r.band_lo) & (g.layer <= r.band_hi)]
+        assert np.isclose(r.se, 0.02, atol=1e-4)                          # SE from the 95% CI
+        band = g[(g.layer >= r.band_low) & (g.layer <= r.band_high)]
         assert (band.value >= g.value.max() - r.se).all()                  # every band layer within 1 SE
-        outside = g[g.layer.isin([r.band_lo - 1, r.band_hi + 1])]
+        outside = g[g.layer.isin([r.band_low - 1, r.band_high + 1])]
         assert (outside.value < g.value.max() - r.se).all()                # and the band is maximal
-    assert T[T.model == "deep"].set_index("task").loc["items", "peak_layer"] == 4
+        assert r.band == list(range(r.band_low, r.band_high + 1))          # and contiguous
+    assert P[P.model == "deep"].set_index("task").loc["items", "peak_layer"] == 4
+
+
+def test_peak_table_formats_peak_band():
+    df = hierarchy()
+    P = peak_band(df, "accuracy")
+    T = peak_table(df, "accuracy", ref=HIERARCHY_LLAMA32_3B, ref_label="paper")
+    assert T.equals(peak_table(P, ref=HIERARCHY_LLAMA32_3B, ref_label="paper"))
+    assert list(T.columns) == ["model", "task", "layers", "peak layer", "band (layers)", "peak (rel. depth)",
+                               "band (rel. depth)", "peak value", "paper (layers)", "paper (rel. depth)"]
+    r, p = T.iloc[0], P.iloc[0]
+    assert r["peak layer"] == f"{p.peak_layer:g}" and r["band (layers)"] == (f"{p.band_low}" if p.band_low == p.band_high else f"{p.band_low}–{p.band_high}")
+    assert r["peak (rel. depth)"] == f"{p.peak_layer / p.n_layers:.2f}"
+    assert T.set_index(["model", "task"]).loc[("small", "items"), "paper (layers)"] == "2–7 of 28"
+    t2 = peak_table(df, "accuracy", ref={"items": "early layers", "relations": (0.3, 0.4)})
+    assert t2.loc[0, "paper (layers)"] == "early layers" and t2.loc[1, "paper (rel. depth)"] == "0.30–0.40"
+    with pytest.raises(ValueError, match="name the metric"):
+        peak_table(df)
 
 
 def test_peak_bands_draws_bands_and_reference():
@@ -271,8 +291,21 @@ def test_peak_bands_draws_bands_and_reference():
     assert [t.get_text() for t in a.get_yticklabels()] == ["items", "relations", "analogies"]
     ref_items = min(refs, key=lambda p: abs(p.get_y() + p.get_height() / 2))   # row 0 = items
     assert np.isclose(ref_items.get_x(), 1.5 / 28) and np.isclose(ref_items.get_x() + ref_items.get_width(), 7.5 / 28)
-    T = peak_table(df, "accuracy")
-    assert sorted(np.round([l.get_xdata()[0] for l in gid(a, "peak")], 6)) == sorted(np.round(T.peak_rel, 6))
+    P = peak_band(df, "accuracy")
+    assert sorted(np.round([l.get_xdata()[0] for l in gid(a, "peak")], 6)) == sorted(np.round(P.rel_peak, 6))
+    fig2 = peak_bands(P, ref=HIERARCHY_LLAMA32_3B)                         # peak_band's output draws the same
+    assert [p.get_x() for p in gid(fig2.axes[0], "band", "patches")] == [p.get_x() for p in bands]
+
+
+def test_peak_bands_hue_by_site():
+    df = pd.concat([hierarchy(models=(("small", 10),)).assign(site=s, value=lambda d, k=k: d.value - k)
+                    for k, s in enumerate(["resid", "attn"])], ignore_index=True)
+    with pytest.raises(ValueError, match="varies in \\['site'\\]"):
+        peak_bands(df, "accuracy")
+    fig = peak_bands(df, "accuracy", hue="site")
+    a = fig.axes[0]
+    assert len(gid(a, "band", "patches")) == 6
+    assert sorted(a.get_legend_handles_labels()[1]) == ["attn", "resid"]
 
 
 def test_peak_bands_relative_ref_and_errors():

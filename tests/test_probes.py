@@ -168,3 +168,88 @@ def test_hierarchy_on_embedded_model(embedded, tmp_path):
     auc = df[df.metric == "auc"].set_index("layer").value
     assert len(auc) == embedded.n_layers + 1
     assert auc.max() > 0.75  # a real model knows which nouns are alive (measured: ~0.9 or more at most layers)
+
+
+# ---- the closed-form ridge path, several labels at once, skill, level curves, peak bands ----------------------
+
+def test_ridge_regression_matches_sklearn_ridgecv():
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+    from depthstudy.probes import _ridge_fold, _ALPHAS
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 40)); w = rng.standard_normal(40)
+    Y = np.stack([X @ w + rng.standard_normal(90), rng.standard_normal(90)], 1)   # a signal and pure noise
+    tr, te = np.arange(70), np.arange(70, 90)
+    P = _ridge_fold(X[tr], X[te], Y[tr], [1, 1])
+    for j in range(2):
+        sc = StandardScaler().fit(X[tr])
+        ref = RidgeCV(alphas=_ALPHAS).fit(sc.transform(X[tr]), Y[tr, j]).predict(sc.transform(X[te]))
+        assert np.allclose(P[:, j], ref, atol=1e-6)
+
+
+def test_ridge_classifier_finds_planted_layer_and_multiclass():
+    X, y = planted(n=120, n_slots=6, d=48, at=3, strength=1.5, seed=4)
+    df = decode_layers(X, y, kind="ridge", n_perm=3)
+    auc = df[df.metric == "auc"].set_index("layer")
+    assert auc.value.idxmax() == 3 and auc.value[3] > 0.85 and (auc.kind == "ridge").all()
+    assert auc.value[3] > auc.baseline_high[3]
+    y3 = np.where(X[:, 3, 0] > 0.8, "a", np.where(X[:, 3, 0] < -0.8, "b", "c"))     # three classes from layer 3
+    acc = decode_layers(X, y3, kind="ridge", n_perm=0).set_index("layer").value
+    assert set(decode_layers(X, y3, kind="ridge", n_perm=0).metric) == {"accuracy"} and acc.idxmax() == 3
+
+
+def test_several_labels_at_once_equal_one_by_one():
+    X, y = planted(n=100, n_slots=4, d=24, at=2, seed=6)
+    yc = X[:, 1, 0] + 0.1 * np.random.default_rng(1).standard_normal(100)
+    both = decode_layers(X, {"cls": y, "cont": yc}, kind="ridge", n_perm=2)
+    one = pd.concat([decode_layers(X, y, kind="ridge", n_perm=2, task="cls"),
+                     decode_layers(X, yc, kind="ridge", n_perm=2, task="cont")])
+    key = ["task", "layer", "metric"]
+    a, b = both.sort_values(key).reset_index(drop=True), one.sort_values(key).reset_index(drop=True)
+    assert np.allclose(a.value, b.value) and np.allclose(a.baseline, b.baseline)
+    assert set(both[both.task == "cont"].metric) == {"r2"}
+    svm = decode_layers(X, {"cls": y, "cont": yc}, kind="svm", n_perm=0)            # floats still go to ridge
+    assert set(svm[svm.task == "cont"].kind) == {"ridge"} and set(svm[svm.task == "cls"].kind) == {"svm"}
+
+
+def test_skill_and_level_curves():
+    from depthstudy.probes import skill, level_curves
+    X, y = planted(n=100, n_slots=5, d=24, at=2, seed=7)
+    yc = X[:, 2, 0] + 0.5 * np.random.default_rng(2).standard_normal(100)
+    df = decode_layers(X, {"b": y, "c": yc}, kind="ridge", n_perm=2).assign(level="toy", site="resid", readout="last")
+    sk = skill(df)
+    assert set(sk.source_metric) == {"auc", "r2"} and (sk.metric == "skill").all() and (sk.chance == 0).all()
+    auc = df.query("task == 'b' and metric == 'auc'").set_index("layer")
+    s_b = sk[sk.task == "b"].set_index("layer")
+    assert np.allclose(s_b.value, (auc.value - 0.5) / 0.5) and np.allclose(s_b.se, auc.se / 0.5)
+    lc = level_curves(df)
+    assert list(lc.columns[:11]) == ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low",
+                                     "ci_high", "n", "chance"]
+    assert (lc.task == "toy").all() and (lc.n_labels == 2).all() and len(lc) == 5
+    assert np.allclose(lc.set_index("layer").value, sk.groupby("layer").value.mean())
+    assert lc.set_index("layer").value.idxmax() == 2
+
+
+def test_peak_band_is_contiguous_and_uses_ci_without_se():
+    vals = [.5, .86, .9, .87, .7, .6, .6, .6, .88, .6]
+    toy = pd.DataFrame(dict(model="toy", n_layers=10, task="t", metric="acc", layer=range(10), value=vals,
+                            ci_low=np.array(vals) - 0.098, ci_high=np.array(vals) + 0.098))   # SE = 0.05
+    pb = peak_band(toy, "acc").iloc[0]
+    assert pb.peak_layer == 2 and pb.band == [1, 2, 3] and np.isclose(pb.se, 0.05, atol=1e-3)  # not layer 8
+    assert np.isclose(pb.rel_low, 0.1) and np.isclose(pb.rel_peak, 0.2)
+    low = peak_band(toy.assign(value=-toy.value), "acc", higher=False).iloc[0]
+    assert low.band == [1, 2, 3]
+    with pytest.raises(ValueError, match="share"):
+        peak_band(pd.concat([toy, toy]), "acc")
+    two = pd.concat([toy.assign(site="resid"), toy.assign(site="attn", value=toy.value[::-1].to_numpy())])
+    assert set(peak_band(two, "acc").site) == {"resid", "attn"}
+
+
+def test_alternation_per_site_and_labels_by_level():
+    lay = np.arange(12)
+    rows = [dict(model="m", n_layers=12, level=lev, task="relation", layer=int(l), metric="skill", site=site,
+                 value=0.5 + 0.1 * np.sin(l / 4 + k) + (0.05 * (-1) ** l * (1 if k % 2 else -1) if site == "attn" else 0))
+            for site in ("attn", "mlp") for k, lev in enumerate(["relations", "analogies", "items"]) for l in lay]
+    alt = alternation(pd.DataFrame(rows), n_shuffle=200).query("metric == 'flip_rate_mean'").set_index("site")
+    assert set(alt.index) == {"attn", "mlp"} and (alt.n == 3).all()     # the two "relation" labels stay apart
+    assert alt.loc["attn", "value"] > alt.loc["mlp", "value"] and alt.loc["attn", "p_value"] < 0.05
