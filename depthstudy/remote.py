@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from .models import Model
 
 # %% auto #0
-__all__ = ['PRESETS', 'RemoteRunError', 'is_transient', 'is_too_large', 'run_batches', 'preflight', 'doctor']
+__all__ = ['PRESETS', 'MODEL_SHAPES', 'COST_ASSUMPTIONS', 'RemoteRunError', 'is_transient', 'is_too_large', 'run_batches',
+           'preflight', 'model_shape', 'RequestMeter', 'request_meter', 'estimate_cost', 'doctor']
 
 # %% ../nbs/01c_remote.ipynb #94d67a31
 class RemoteRunError(RuntimeError):
@@ -33,15 +34,18 @@ def is_too_large(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or any(w in msg for w in _TOO_LARGE_WORDS)
 
 # %% ../nbs/01c_remote.ipynb #9b97b57f
-def _group(batches, request_tokens: int) -> list[list[int]]:
+def _pack(sizes, request_tokens: int) -> list[list[int]]:
+    "Consecutive indices grouped so that each group's total size stays within `request_tokens` (one item may exceed it)."
     groups, cur, size = [], [], 0
-    for i, b in enumerate(batches):
-        n = int(b["enc"]["input_ids"].numel())
+    for i, n in enumerate(sizes):
         if cur and size + n > request_tokens:
             groups.append(cur); cur, size = [], 0
         cur.append(i); size += n
     if cur: groups.append(cur)
     return groups
+
+def _group(batches, request_tokens: int) -> list[list[int]]:
+    return _pack([int(b["enc"]["input_ids"].numel()) for b in batches], request_tokens)
 
 def run_batches(model: Model, batches: list[dict], body: Callable, on_result: Callable, remote=None,
                 request_tokens: int = 32768, retries: int = 3, backoff: float = 2.0, progress: bool = True,
@@ -138,6 +142,209 @@ def preflight(repo_id: str, revision: str = "main") -> None:
         raise RemoteRunError(f"Your local packages differ from NDIF's where it matters: {crit}. Install the server's "
                              f"versions ({pins or 'see nnsight.ndif.compare()'}) in this environment, then retry.")
     _checked.add((repo_id, revision))
+
+# %% ../nbs/01c_remote.ipynb #feb60623
+MODEL_SHAPES = {
+    "meta-llama/Llama-3.1-8B":   dict(n_layers=32, d_model=4096, vocab_size=128256, n_params=8.03e9),
+    "meta-llama/Llama-3.1-70B":  dict(n_layers=80, d_model=8192, vocab_size=128256, n_params=70.6e9),
+    "meta-llama/Llama-3.1-405B": dict(n_layers=126, d_model=16384, vocab_size=128256, n_params=405.9e9),
+    "meta-llama/Llama-3.2-1B":   dict(n_layers=16, d_model=2048, vocab_size=128256, n_params=1.24e9),
+    "meta-llama/Llama-3.2-3B":   dict(n_layers=28, d_model=3072, vocab_size=128256, n_params=3.21e9),
+    "Qwen/Qwen3-8B":             dict(n_layers=36, d_model=4096, vocab_size=151936, n_params=8.19e9),
+    "smollm2-135m":              dict(n_layers=30, d_model=576, vocab_size=49152, n_params=1.35e8),
+    "gemma3-270m":               dict(n_layers=18, d_model=640, vocab_size=262144, n_params=2.68e8),
+}
+"Shapes (from the models' configs) of the preset models, so that costs can be estimated without loading them."
+
+COST_ASSUMPTIONS = dict(overhead_s=5.0, server_tflops=100.0, down_mb_s=20.0, up_mb_s=5.0, request_kb=11.0)
+"""Defaults for the time estimate: seconds of fixed overhead per request (queue, dispatch, result retrieval);
+effective server compute in TFLOP/s (forward = 2 × parameters × tokens, plus every extra pass through the output
+head); download and upload bandwidth in MB/s; serialised code per request in kB (measured with `request_meter`).
+None of these is published by NDIF: time one small request and pass what you measure."""
+
+def model_shape(target) -> dict:
+    """`n_layers`, `d_model`, `vocab_size`, `n_params` and `name` of `target`: a `Model`, a name in `MODEL_SHAPES`,
+    or a dict with those keys. Example: `model_shape("meta-llama/Llama-3.1-70B")["n_layers"]` -> 80."""
+    if isinstance(target, Model):
+        return dict(name=target.name, n_layers=target.n_layers, d_model=target.d_model, vocab_size=target.vocab_size,
+                    n_params=float(sum(p.numel() for p in target.hf.parameters())))
+    if isinstance(target, dict):
+        miss = [k for k in ("n_layers", "d_model", "vocab_size", "n_params") if k not in target]
+        if miss: raise ValueError(f"a model shape needs n_layers, d_model, vocab_size and n_params; missing {miss}")
+        return dict(dict(name="custom"), **target)
+    if target in MODEL_SHAPES: return dict(name=target, **MODEL_SHAPES[target])
+    raise ValueError(f"no shape known for {target!r}: pass a loaded Model, one of {list(MODEL_SHAPES)}, or a dict "
+                     "with n_layers, d_model, vocab_size and n_params")
+
+# %% ../nbs/01c_remote.ipynb #c32b67c4
+class RequestMeter:
+    "What `request_meter` saw: `requests` serialised, `upload_bytes` of their payloads, wall `seconds` of the block."
+    def __init__(self): self.requests, self.upload_bytes, self.seconds = 0, 0, 0.0
+    def as_dict(self) -> dict: return dict(requests=self.requests, upload_bytes=self.upload_bytes, seconds=self.seconds)
+    def __repr__(self): return f"RequestMeter(requests={self.requests}, upload_bytes={self.upload_bytes}, seconds={self.seconds:.1f})"
+
+class request_meter:
+    """Count the requests nnsight serialises inside a `with` block: real NDIF requests and `remote="local"`
+    simulations alike (both go through `RequestModel.serialize`), with payload bytes and the block's wall time.
+    Example: `with request_meter() as rm: collect(m, prompts, remote="local")`, then `rm.requests`."""
+    def __enter__(self) -> RequestMeter:
+        from nnsight.schema.request import RequestModel
+        self._cls, self._orig, meter = RequestModel, RequestModel.__dict__["serialize"], RequestMeter()
+        orig = self._orig.__func__
+        def serialize(cls, tracer, compress: bool = False):
+            blob = orig(cls, tracer, compress)
+            meter.requests += 1; meter.upload_bytes += len(blob)
+            return blob
+        RequestModel.serialize = classmethod(serialize)
+        self.meter, self._t0 = meter, time.perf_counter()
+        return meter
+    def __exit__(self, *exc):
+        self._cls.serialize = self._orig
+        self.meter.seconds = time.perf_counter() - self._t0
+        return False
+
+# %% ../nbs/01c_remote.ipynb #bd60a691
+def _lengths(tok, texts) -> list[int]:
+    return [len(tok(t)["input_ids"]) for t in texts]
+
+def _req(tokens, text_tokens, down, up, flops, traces=1) -> dict:
+    return dict(traces=traces, tokens=int(tokens), text_tokens=int(text_tokens), down=float(down), up=float(up), flops=float(flops))
+
+def _plan_collect(tok, S, prompts, sites=("resid", "attn", "mlp"), positions="last", logits=False, batch_size=8,
+                  request_tokens=32768):
+    from depthstudy.trace import resolve_positions
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    prompts = list(prompts)
+    lengths = _lengths(tok, prompts)
+    pos = resolve_positions(positions, lengths)
+    L, d = S["n_layers"], S["d_model"]
+    slots = (L + 1) * ("resid" in sites) + L * ("attn" in sites) + L * ("mlp" in sites)
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    batches = []
+    for b in (order[i:i + batch_size] for i in range(0, len(order), batch_size)):
+        T = max(lengths[i] for i in b)
+        every = all(pos[i] == list(range(lengths[i])) for i in b)
+        P = T if every else max(len(pos[i]) for i in b)
+        flops = 2 * S["n_params"] * len(b) * T
+        batches.append(_req(len(b) * T, sum(lengths[i] for i in b),
+                            len(b) * P * (slots * d + (S["vocab_size"] if logits else 0)) * 4,
+                            16 * len(b) * T + (0 if every else 16 * len(b) * P), flops))
+    groups = _pack([b["tokens"] for b in batches], request_tokens)
+    return [{k: sum(batches[i][k] for i in g) for k in batches[0]} for g in groups]
+
+def _plan_hierarchy(tok, S, level, n=None, seed=0, readout="last", site="resid", batch_size=8, request_tokens=32768):
+    from depthstudy.stimuli import stimuli
+    from depthstudy.probes import readout_positions
+    prompts = [s.text for s in stimuli(level, n=n, seed=seed)]
+    return _plan_collect(tok, S, prompts, sites=(site,), positions=readout_positions(tok, prompts, readout),
+                         batch_size=batch_size, request_tokens=request_tokens)
+
+def _plan_probe_mc(tok, S, items, template=None, batch_size=8, request_tokens=32768):
+    from depthstudy.tasks import template_for
+    texts = []
+    for it in items:
+        t = template if template is not None else template_for(it.task)
+        texts += [t.prompt(it) + t.continuation(c) for c in it.choices]
+    return _plan_collect(tok, S, texts, sites=("resid",), batch_size=batch_size, request_tokens=request_tokens)
+
+def _plan_lens(tok, S, items, template=None, batch_size=8):
+    from depthstudy.lens import tokenize_mc, _plan
+    td = tokenize_mc(tok, list(items), template)
+    order = sorted(range(len(td)), key=lambda i: max(len(f) for f in td[i]["fulls"]))
+    L, out = S["n_layers"], []
+    for s in range(0, len(order), batch_size):
+        pl = _plan([td[i] for i in order[s:s + batch_size]], False)
+        seqs, ps = pl["main_seqs"], pl["passes"]["main"]
+        T, n_states, n_pairs = max(map(len, seqs)), len(ps["rows"]), len(ps["pairs"])
+        flops = 2 * S["n_params"] * len(seqs) * T + 2 * S["d_model"] * S["vocab_size"] * n_states * (L + 1)
+        out.append(_req(len(seqs) * T, sum(map(len, seqs)), (L + 1) * n_pairs * 4,
+                        16 * len(seqs) * T + 16 * (n_states + n_pairs), flops))
+    return out
+
+def _plan_contributions(tok, S, texts, batch_size=8):
+    lengths, L, out = _lengths(tok, texts), S["n_layers"], []
+    for s in range(0, len(lengths), batch_size):
+        b = lengths[s:s + batch_size]; T = max(b)
+        out.append(_req(len(b) * T, sum(b), len(b) * T * L * 8 * 4, 16 * len(b) * T, 2 * S["n_params"] * len(b) * T))
+    return out
+
+def _plan_logit_lens(tok, S, texts, batch_size=4, k=5):
+    lengths, L, out = _lengths(tok, texts), S["n_layers"], []
+    for s in range(0, len(lengths), batch_size):
+        b = lengths[s:s + batch_size]; T = max(b)
+        flops = 2 * S["n_params"] * len(b) * T + 2 * S["d_model"] * S["vocab_size"] * len(b) * T * (L + 1)
+        out.append(_req(len(b) * T, sum(b), len(b) * T * (L + 1) * 2 * 4, 16 * len(b) * T, flops))
+    return out
+
+def _plan_skip(tok, S, texts, variant="future", n_t=4, seed=0, layers=None, layers_step=1, batch_size=32, mode="block"):
+    from depthstudy.skip import draw_ts, _jobs, _chunks
+    lengths, L = _lengths(tok, texts), S["n_layers"]
+    ts = draw_ts(lengths, n_t=n_t, seed=seed) if variant == "future" else [[None]] * len(lengths)
+    layers = list(range(0, L, layers_step)) if layers is None else [int(x) for x in layers]
+    out = []
+    for chunk in _chunks(_jobs(len(lengths), layers, ts), batch_size):
+        T = max(lengths[i] for i, _ in chunk)
+        R = sum(1 + len(js) for _, js in chunk)
+        n_skipped = len({s for _, js in chunk for s, _ in js})
+        out.append(_req(R * T, sum(lengths[i] * (1 + len(js)) for i, js in chunk), R * T * (L + 1) * 4,
+                        16 * R * T + n_skipped * R * T, 2 * S["n_params"] * R * T))
+    return out
+
+_PLANNERS = {"lens_mc": _plan_lens, "mc_scores": _plan_lens, "collect": _plan_collect, "hierarchy": _plan_hierarchy,
+             "probe_mc": _plan_probe_mc, "contributions": _plan_contributions, "logit_lens_depth": _plan_logit_lens,
+             "skip_effects": _plan_skip}
+
+def estimate_cost(plan, target, tokenizer=None, request_tokens: int = 32768, **assumptions):
+    """Requests, tokens, bytes and an estimated time of running `plan` on `target` remotely (NDIF), one analysis at a time.
+
+    `plan`: a list of dicts, each `analysis=` one of "lens_mc", "collect", "hierarchy", "probe_mc", "contributions",
+    "logit_lens_depth", "skip_effects", plus that analysis's own arguments (`items=`, `prompts=` or `texts=`, and e.g.
+    `batch_size`, `sites`, `positions`, `level`, `n`, `n_t`, `layers` or `layers_step`); an optional `label` names the row.
+    `target`: a loaded `Model`, a name in `MODEL_SHAPES` or a shape dict. `tokenizer`: the tokenizer to count tokens
+    with (default: the target Model's; for an NDIF preset pass a stand-in, e.g. a small model's, and say so).
+    `assumptions` override `COST_ASSUMPTIONS`.
+    Returns a DataFrame with one row per plan entry and a "total" row: requests, traces, tokens (what the server
+    runs, padding included), text_tokens, upload_mb, download_mb, compute_s, transfer_s, overhead_s, time_s
+    (requests are sent one after another). `df.attrs["assumptions"]` holds the assumptions used.
+    Example: `estimate_cost([dict(analysis="contributions", texts=texts)], "meta-llama/Llama-3.1-70B", m.tokenizer)`.
+    """
+    import pandas as pd
+    bad = set(assumptions) - set(COST_ASSUMPTIONS)
+    if bad: raise TypeError(f"unknown assumption(s) {sorted(bad)}; the assumptions are {list(COST_ASSUMPTIONS)}")
+    A = dict(COST_ASSUMPTIONS, **assumptions)
+    S = model_shape(target)
+    tok = tokenizer if tokenizer is not None else getattr(target, "tokenizer", None)
+    if tok is None: raise ValueError("pass tokenizer=...: token counts need a tokenizer (a stand-in's is fine for an estimate)")
+    rows = []
+    for k, entry in enumerate(plan):
+        entry = dict(entry)
+        name, label = entry.pop("analysis", None), entry.pop("label", None)
+        if name not in _PLANNERS:
+            raise ValueError(f"plan entry {k}: analysis must be one of {sorted(_PLANNERS)}, got {name!r}")
+        for a in ("items", "prompts", "texts"):
+            if a in entry: entry[a] = list(entry[a])
+        if name in ("collect", "hierarchy", "probe_mc"): entry.setdefault("request_tokens", request_tokens)
+        try:
+            reqs = _PLANNERS[name](tok, S, **entry)
+        except TypeError as e:
+            raise TypeError(f"plan entry {k} ({name}): {e}") from None
+        n, flops = len(reqs), sum(r["flops"] for r in reqs)
+        up = sum(r["up"] for r in reqs) + n * A["request_kb"] * 1e3
+        down = sum(r["down"] for r in reqs)
+        compute = flops / (A["server_tflops"] * 1e12)
+        transfer = down / (A["down_mb_s"] * 1e6) + up / (A["up_mb_s"] * 1e6)
+        rows.append(dict(model=S["name"], analysis=label or name, requests=n, traces=sum(r["traces"] for r in reqs),
+                         tokens=sum(r["tokens"] for r in reqs), text_tokens=sum(r["text_tokens"] for r in reqs),
+                         upload_mb=up / 1e6, download_mb=down / 1e6, compute_s=compute, transfer_s=transfer,
+                         overhead_s=n * A["overhead_s"], time_s=n * A["overhead_s"] + compute + transfer))
+    df = pd.DataFrame(rows)
+    if len(df):
+        tot = df.drop(columns=["model", "analysis"]).sum()
+        df = pd.concat([df, pd.DataFrame([dict(model=S["name"], analysis="total", **tot)])], ignore_index=True)
+        df = df.astype({c: "int64" for c in ("requests", "traces", "tokens", "text_tokens")})
+    df.attrs["assumptions"] = dict(A, request_tokens=request_tokens, n_layers=S["n_layers"], d_model=S["d_model"],
+                                   vocab_size=S["vocab_size"], n_params=S["n_params"])
+    return df
 
 # %% ../nbs/01c_remote.ipynb #d607b4d7
 def doctor(check_ndif: bool = True) -> dict:

@@ -125,3 +125,98 @@ def test_doctor_never_reveals_the_key(monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", "MARKER-KEY-1234567890")
     rep = R.doctor(check_ndif=False)
     assert rep["ndif_key_set"] is True and "MARKER-KEY" not in repr(rep)
+
+
+# --- what a run costs: the plan against nnsight's simulation, and hierarchy under remote="local" ---
+
+TEXTS = [f"the cat sat on the mat and the dog ran {' '.join(['to the mat'] * k)}" for k in range(5)]
+
+
+def _items():
+    from depthstudy.tasks import MCItem
+    sums = [("one", "one", 0), ("one", "two", 1), ("two", "two", 2), ("two", "one", 1), ("three", "one", 2)]
+    return [MCItem(f"what is {a} plus {b}", ["two", "three", "four"], [k], "calc") for a, b, k in sums]
+
+
+def test_estimate_cost_counts_the_requests_a_simulated_run_sends(backend_calls, tiny_llama):
+    from depthstudy.lens import mc_scores
+    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.skip import skip_effects
+    from depthstudy.probes import hierarchy
+    m = tiny_llama(n_layers=3, hidden=32, remote="local")
+    n_tok = int(m.encode(PROMPTS[:2])["input_ids"].numel())
+    runs = [  # (plan entry, the same analysis run under remote="local")
+        (dict(analysis="collect", prompts=PROMPTS, batch_size=2, sites=("resid",), request_tokens=2 * n_tok),
+         lambda: collect(m, PROMPTS, sites=("resid",), batch_size=2, cache=False, progress=False,
+                         request=dict(request_tokens=2 * n_tok))),
+        (dict(analysis="lens_mc", items=_items(), batch_size=2),
+         lambda: mc_scores(m, _items(), batch_size=2, progress=False)),
+        (dict(analysis="hierarchy", level="items", n=20, batch_size=4),
+         lambda: hierarchy(m, "items", n=20, batch_size=4, n_perm=0, cv=2, labels=["living"], cache=False, progress=False)),
+        (dict(analysis="contributions", texts=TEXTS, batch_size=2),
+         lambda: contributions(m, TEXTS, batch_size=2, n_boot=10, progress=False)),
+        (dict(analysis="logit_lens_depth", texts=TEXTS, batch_size=2),
+         lambda: logit_lens_depth(m, TEXTS, batch_size=2, n_boot=10, progress=False)),
+        (dict(analysis="skip_effects", texts=TEXTS, n_t=2, batch_size=5),
+         lambda: skip_effects(m, TEXTS, n_t=2, batch_size=5, n_boot=10, progress=False)),
+    ]
+    est = R.estimate_cost([p for p, _ in runs], m)
+    assert list(est.analysis) == ["collect", "lens_mc", "hierarchy", "contributions", "logit_lens_depth", "skip_effects", "total"]
+    measured = []
+    for (plan, run), row in zip(runs, est.itertuples()):
+        backend_calls["calls"] = 0
+        with R.request_meter() as rm:
+            run()
+        assert rm.requests == backend_calls["calls"], plan["analysis"]        # the meter sees every request
+        assert row.requests == backend_calls["calls"], (plan["analysis"], row.requests, backend_calls["calls"])
+        measured.append(rm.upload_bytes)
+        assert 1 < row.requests or plan["analysis"] == "hierarchy"              # each plan really splits the work
+    up = est.upload_mb.iloc[:-1].to_numpy() * 1e6
+    assert all(0.3 < u / m_ < 3 for u, m_ in zip(up, measured)), (up, measured)   # payload size: right order
+    tot = est.iloc[-1]
+    assert tot.requests == est.requests.iloc[:-1].sum() and tot.time_s > tot.overhead_s > 0
+    assert est.attrs["assumptions"]["n_layers"] == m.n_layers
+
+
+def test_estimate_cost_scales_with_the_target_and_checks_its_input():
+    m = tiny_model("llama")
+    plan = [dict(analysis="contributions", texts=TEXTS, batch_size=2), dict(analysis="skip_effects", texts=TEXTS, n_t=1)]
+    small = R.estimate_cost(plan, "meta-llama/Llama-3.1-8B", tokenizer=m.tokenizer)
+    big = R.estimate_cost(plan, "meta-llama/Llama-3.1-405B", tokenizer=m.tokenizer)
+    assert small.requests.iloc[0] == big.requests.iloc[0] == 3                       # batches do not depend on size
+    assert big.requests.iloc[1] > small.requests.iloc[1]                            # one skipped copy per layer
+    assert (big.download_mb > small.download_mb).all() and (big.compute_s > small.compute_s).all()
+    step = R.estimate_cost([dict(analysis="skip_effects", texts=TEXTS, n_t=1, layers_step=4)], "meta-llama/Llama-3.1-405B",
+                           tokenizer=m.tokenizer)
+    assert step.tokens.iloc[0] < big.tokens.iloc[1] / 3
+    slow = R.estimate_cost(plan, "meta-llama/Llama-3.1-8B", tokenizer=m.tokenizer, overhead_s=60.0)
+    assert slow.time_s.iloc[-1] > small.time_s.iloc[-1] and slow.attrs["assumptions"]["overhead_s"] == 60.0
+    with pytest.raises(ValueError, match="analysis must be one of"):
+        R.estimate_cost([dict(analysis="maps", texts=TEXTS)], m)
+    with pytest.raises(TypeError, match="unknown assumption"):
+        R.estimate_cost(plan, m, bandwidth=3)
+    with pytest.raises(ValueError, match="pass tokenizer"):
+        R.estimate_cost(plan, "meta-llama/Llama-3.1-8B")
+    with pytest.raises(ValueError, match="no shape known"):
+        R.model_shape("org/unknown-model")
+
+
+def test_request_meter_restores_serialize():
+    from nnsight.schema.request import RequestModel
+    before = RequestModel.__dict__["serialize"]
+    with pytest.raises(RuntimeError):
+        with R.request_meter():
+            raise RuntimeError("boom")
+    assert RequestModel.__dict__["serialize"] is before
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_hierarchy_remote_local_gives_the_same_numbers(readout, tiny_llama):
+    "Study 3's decoding collects its activations through the same executor: same numbers under the simulation."
+    import pandas as pd
+    from depthstudy.probes import hierarchy
+    kw = dict(level="items", n=40, readout=readout, n_perm=1, cv=3, labels=["living", "log_size"], cache=False, progress=False)
+    local = hierarchy(tiny_llama(n_layers=3, hidden=32), **kw)
+    sim = hierarchy(tiny_llama(n_layers=3, hidden=32, remote="local"), **kw)
+    cols = ["task", "layer", "metric", "value", "ci_low", "ci_high", "baseline"]
+    pd.testing.assert_frame_equal(local[cols], sim[cols], atol=1e-6, rtol=0)
