@@ -156,10 +156,11 @@ MODEL_SHAPES = {
 }
 "Shapes (from the models' configs) of the preset models, so that costs can be estimated without loading them."
 
-COST_ASSUMPTIONS = dict(overhead_s=5.0, server_tflops=100.0, down_mb_s=20.0, up_mb_s=5.0, request_kb=11.0)
+COST_ASSUMPTIONS = dict(overhead_s=5.0, server_tflops=100.0, down_mb_s=20.0, up_mb_s=5.0, request_kb=60.0)
 """Defaults for the time estimate: seconds of fixed overhead per request (queue, dispatch, result retrieval);
 effective server compute in TFLOP/s (forward = 2 × parameters × tokens, plus every extra pass through the output
-head); download and upload bandwidth in MB/s; serialised code per request in kB (measured with `request_meter`).
+head); download and upload bandwidth in MB/s; serialised code and model references per request in kB, besides the
+input tensors (measured with `request_meter` on SmolLM2-135M: 58-63 kB; about 10 kB for a tiny test model).
 None of these is published by NDIF: time one small request and pass what you measure."""
 
 def model_shape(target) -> dict:

@@ -160,7 +160,7 @@ def test_estimate_cost_counts_the_requests_a_simulated_run_sends(backend_calls, 
         (dict(analysis="skip_effects", texts=TEXTS, n_t=2, batch_size=5),
          lambda: skip_effects(m, TEXTS, n_t=2, batch_size=5, n_boot=10, progress=False)),
     ]
-    est = R.estimate_cost([p for p, _ in runs], m)
+    est = R.estimate_cost([p for p, _ in runs], m, request_kb=10)   # a tiny model's requests carry ~10 kB of code
     assert list(est.analysis) == ["collect", "lens_mc", "hierarchy", "contributions", "logit_lens_depth", "skip_effects", "total"]
     measured = []
     for (plan, run), row in zip(runs, est.itertuples()):
