@@ -474,7 +474,8 @@ def peak_table(df, metric=None, by="task", ref=None, ref_n_layers=None, ref_labe
     peak (rel. depth), band (rel. depth), peak value, and `ref_label` (layers / rel. depth) when `ref` is given.
     Example: `peak_table(df, "accuracy", ref=HIERARCHY_LLAMA32_3B)`."""
     T = _peaks(df, metric, by, higher, ci_level, "peak_table")
-    keys = ["model", by] + [k for k in ("level", "site", "readout") if k in T.columns and k != by and T[k].nunique() > 1]
+    keys = ["model", by] + [k for k in ("level", "site", "readout") if k in T.columns and k != by
+                            and T.groupby(["model", by])[k].nunique().max() > 1]
     out = T[keys].copy()
     out["layers"] = T["n_layers"].map(lambda v: f"{v:g}")
     out["peak layer"] = T["peak_layer"].map(lambda v: f"{v:g}")
@@ -511,7 +512,8 @@ def peak_bands(df, metric=None, ref=None, ref_n_layers=None, ref_label="referenc
     fn = "peak_bands"
     T = _peaks(df, metric, by, higher, ci_level, fn)
     if hue not in T.columns: raise ValueError(f"{fn}: hue column {hue!r} not in the table; it has {list(T.columns)}")
-    other = [k for k in ("model", "level", "site", "readout") if k in T.columns and k not in (by, hue) and T[k].nunique() > 1]
+    other = [k for k in ("model", "level", "site", "readout") if k in T.columns and k not in (by, hue)
+             and T.groupby([hue, by])[k].nunique().max() > 1]
     if other: raise ValueError(f"{fn}: the table varies in {other} as well as {hue!r}: select one value of "
                                f"{other[0]!r} first, or pass hue={other[0]!r}")
     ref = {k: v for k, v in dict(ref or {}).items() if _ref_span(v, ref_n_layers) is not None}

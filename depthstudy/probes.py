@@ -298,7 +298,8 @@ def peak_band(df: pd.DataFrame, metric: str, by: str = "task", higher: bool = Tr
     d = df[df.metric == metric].copy()
     if d.empty: raise ValueError(f"no rows with metric {metric!r}; metrics here: {sorted(df.metric.unique())}")
     if "model" not in d.columns: d["model"] = "none"
-    keys = ["model", by] + [k for k in _GROUP_KEYS if k in d.columns and k != by and d[k].nunique(dropna=False) > 1]
+    keys = ["model", by] + [k for k in _GROUP_KEYS if k in d.columns and k != by     # keys that split a `by` group
+                            and d.groupby(["model", by], dropna=False)[k].nunique(dropna=False).max() > 1]
     dup = d.duplicated(keys + ["layer"])
     if dup.any():
         raise ValueError(f"peak_band: {int(dup.sum())} rows share {keys + ['layer']}; select one value per layer "
