@@ -12,34 +12,26 @@ import torch
 import nnsight
 from tqdm.auto import tqdm
 from .results import tidy
+from .tasks import find_data, TaskDataMissing
 
 # %% auto #0
-__all__ = ['CONTRIB_METRICS', 'data_dir', 'gsm8k_texts', 'real_positions', 'contributions', 'logit_lens_depth']
+__all__ = ['CONTRIB_METRICS', 'gsm8k_texts', 'real_positions', 'contributions', 'logit_lens_depth']
 
 # %% ../nbs/05_residual.ipynb #0c941762
-def data_dir() -> Path:
-    """The folder with the reference data sets: `$DEPTHSTUDY_DATA`, else a `shared/data` folder next to the
-    repository (`../shared/data` from the repository root). Raises `FileNotFoundError` saying what to set."""
-    env = os.environ.get("DEPTHSTUDY_DATA")
-    if env: return Path(env).expanduser()
-    here = Path.cwd().resolve()
-    for p in [here, *here.parents][:4]:
-        cand = p.parent / "shared" / "data"
-        if cand.is_dir(): return cand
-    raise FileNotFoundError("no data folder found: set the environment variable DEPTHSTUDY_DATA to the folder "
-                            "that holds gsm8k/test.jsonl (or pass path=... explicitly)")
-
-def gsm8k_texts(path=None, n: int | None = 20, start: int = 0) -> list[str]:
+def gsm8k_texts(path=None, n: int | None = 20, start: int = 0, data_dir=None) -> list[str]:
     """GSM8K test items as `"Question: ...\\nAnswer: ..."` texts with the gold solution (calculator
     annotations `<<...>>` stripped, final `#### N` line kept).
 
-    Args: `path` to `test.jsonl` (default `$DEPTHSTUDY_DATA/gsm8k/test.jsonl`); `n` items (None: all)
-    from item `start`. Example: `gsm8k_texts(n=2)[0].startswith("Question: Janet")`.
+    Args: `path` to `test.jsonl`, else `gsm8k/test.jsonl` in the data folder (`data_dir`, else
+    `$DEPTHSTUDY_DATA`; see `depthstudy.tasks.find_data`); `n` items (None: all) from item `start`.
+    A missing file raises `TaskDataMissing` (a `FileNotFoundError`) saying where to get it and what to set.
+    Example: `gsm8k_texts(n=2)[0].startswith("Question: Janet")`.
     """
-    path = Path(path) if path is not None else data_dir() / "gsm8k" / "test.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"GSM8K file not found at {path}: pass path=... or set DEPTHSTUDY_DATA to the "
-                                "folder holding gsm8k/test.jsonl")
+    if path is None: path = find_data("gsm8k/test.jsonl", data_dir)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TaskDataMissing(f"GSM8K file not found at {path}: pass the path of GSM8K's test.jsonl, or set "
+                              "DEPTHSTUDY_DATA to the folder holding gsm8k/test.jsonl")
     out = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):

@@ -2,36 +2,14 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
-from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
-from depthstudy.models import Model
 from depthstudy.maps import linear_maps, best_match, align_tokens, AlignmentError
 
 TEXTS = [f"text number {i}: the quick brown fox jumps over the lazy dog {i * 7} times" for i in range(10)]
 
 
-def byte_tokenizer(merges=()):
-    "Fast byte-level tokenizer with BOS; optional BPE merges give a different tokenization of the same text."
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
-    for a, b in merges: vocab.setdefault(a + b, len(vocab))
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def tiny_model(n_layers=4, hidden=64, seed=0, tok=None, remote=False, name="tiny"):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-                      num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
-    return Model.from_hf(LlamaForCausalLM(cfg).eval(), tok or byte_tokenizer(), name=name, remote=remote)
-
-
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+def tiny(tiny_llama):
+    return tiny_llama()
 
 
 def test_self_map_is_identity(tiny):
@@ -69,10 +47,10 @@ def test_map_matches_numpy_least_squares(tiny):
     assert got == pytest.approx(rel, rel=1e-4)
 
 
-def test_different_tokenizers_align_by_offsets():
+def test_different_tokenizers_align_by_offsets(tiny_llama, byte_tokenizer):
     merges = [("t", "h"), ("th", "e"), ("Ġ", "t"), ("o", "x"), ("Ġ", "f")]
-    a = tiny_model(n_layers=3, seed=1, name="a")
-    b = tiny_model(n_layers=5, seed=2, tok=byte_tokenizer(merges), name="b")
+    a = tiny_llama(n_layers=3, seed=1, name="a")
+    b = tiny_llama(n_layers=5, seed=2, tok=byte_tokenizer(merges), name="b")
     text = "the fox then the ox"
     pa, pb = align_tokens(a, b, text)
     ea, eb = a.tokenizer(text, return_offsets_mapping=True), b.tokenizer(text, return_offsets_mapping=True)
@@ -84,10 +62,10 @@ def test_different_tokenizers_align_by_offsets():
     assert df.value.notna().all()
 
 
-def test_slow_tokenizer_cannot_align():
+def test_slow_tokenizer_cannot_align(tiny_llama, byte_tokenizer):
     from transformers import PreTrainedTokenizer
-    a = tiny_model(n_layers=2, name="a")
-    b = tiny_model(n_layers=2, tok=byte_tokenizer([("t", "h")]), name="b")
+    a = tiny_llama(n_layers=2, name="a")
+    b = tiny_llama(n_layers=2, tok=byte_tokenizer([("t", "h")]), name="b")
     b.tokenizer.__class__ = type("Slow", (type(b.tokenizer),), {"is_fast": property(lambda self: False)})
     with pytest.raises(AlignmentError, match="fast tokenizer"):
         align_tokens(a, b, "the fox")
@@ -99,8 +77,8 @@ def test_errors(tiny):
     with pytest.raises(ValueError): best_match(linear_maps(tiny, tiny, TEXTS[:3], cache=False, progress=False).iloc[:0])
 
 
-def test_remote_local_same_numbers():
-    a, b = tiny_model(n_layers=2), tiny_model(n_layers=2, remote="local")
+def test_remote_local_same_numbers(tiny_llama):
+    a, b = tiny_llama(n_layers=2), tiny_llama(n_layers=2, remote="local")
     x = linear_maps(a, a, TEXTS[:4], cache=False, progress=False)
     y = linear_maps(b, b, TEXTS[:4], cache=False, progress=False)
     np.testing.assert_allclose(x.value, y.value, rtol=1e-6, atol=1e-9)

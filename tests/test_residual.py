@@ -4,40 +4,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
-from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
-from depthstudy.models import Model
 from depthstudy.residual import contributions, logit_lens_depth, gsm8k_texts
 
-os.environ.setdefault("DEPTHSTUDY_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 TEXTS = ["hello world, this is a test", "short one", "another longer text with several words in it", "x y"]
 
 
-def byte_tokenizer():
-    "A fast byte-level tokenizer with BOS (no merges), small enough for random-init test models."
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def tiny_model(n_layers=4, hidden=64, seed=0, remote=False):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-                      num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
-    return Model.from_hf(LlamaForCausalLM(cfg).eval(), byte_tokenizer(), name="tiny", remote=remote)
-
-
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+def tiny(tiny_llama):
+    return tiny_llama()
 
 
-def hooked_parts(hf, texts):
-    "h, a, m per layer from plain forward hooks, one text at a time (no padding): lists of [L, T, d]."
+def hooked_parts(model, texts):
+    "h, a, m (and the block output o) per layer from plain forward hooks, one text at a time (no padding): lists of [L, T, d]."
+    hf = model.hf
     L = hf.config.num_hidden_layers
     store = {}
     hooks = []
@@ -52,7 +31,7 @@ def hooked_parts(hf, texts):
     try:
         with torch.no_grad():
             for t in texts:
-                ids = hf_tok(t)
+                ids = hf_tok(model.tokenizer, t)
                 hf(input_ids=ids)
                 out.append({k: torch.stack([store[(k, l)][0] for l in range(L)]).double() for k in "hamo"})
     finally:
@@ -60,8 +39,7 @@ def hooked_parts(hf, texts):
     return out
 
 
-_TOK = byte_tokenizer()
-def hf_tok(t): return torch.tensor([_TOK(t)["input_ids"]])
+def hf_tok(tok, t): return torch.tensor([tok(t)["input_ids"]])
 
 
 def hand_metrics(parts):
@@ -78,7 +56,7 @@ def hand_metrics(parts):
 
 
 def test_contributions_match_hooks(tiny):
-    parts = hooked_parts(tiny.hf, TEXTS)
+    parts = hooked_parts(tiny, TEXTS)
     # the Arch contract: h[l+1] = h[l] + a[l] + m[l]
     for p in parts: assert torch.allclose(p["h"] + p["a"] + p["m"], p["o"], atol=1e-5)
     ref = hand_metrics(parts)
@@ -97,7 +75,7 @@ def test_contributions_match_hooks(tiny):
 def test_contributions_token_weighted_not_prompt_weighted(tiny):
     "A long and a short text: the mean must weight tokens, so it differs from the mean of per-text means."
     texts = [TEXTS[2] * 3, "ab"]
-    parts = hooked_parts(tiny.hf, texts)
+    parts = hooked_parts(tiny, texts)
     per_text = [hand_metrics([p])[:, :, 0].mean(0) for p in parts]
     ref = hand_metrics(parts)[:, :, 0].mean(0)
     got = contributions(tiny, texts, progress=False).query("metric == 'attn_rel' and stat == 'mean'").value.to_numpy()
@@ -117,7 +95,7 @@ def test_logit_lens_depth_matches_manual(tiny):
     kls, ovs = [], []
     with torch.no_grad():
         for t in TEXTS:
-            out = hf(input_ids=hf_tok(t), output_hidden_states=True)
+            out = hf(input_ids=hf_tok(tiny.tokenizer, t), output_hidden_states=True)
             hs = out.hidden_states      # embeddings, after each block (last one already normed by HF)
             fin = out.logits[0, 1:].double()
             lpf = fin.log_softmax(-1)
@@ -138,22 +116,29 @@ def test_logit_lens_depth_matches_manual(tiny):
     assert got_kl[-1] < 1e-6 and got_ov[-1] == 1.0
 
 
-def test_remote_local_same_numbers():
-    a = tiny_model()
-    b = tiny_model(remote="local")
+def test_remote_local_same_numbers(tiny_llama):
+    a = tiny_llama()
+    b = tiny_llama(remote="local")
     np.testing.assert_allclose(contributions(a, TEXTS[:2], progress=False).value,
                                contributions(b, TEXTS[:2], progress=False).value, rtol=1e-6)
     np.testing.assert_allclose(logit_lens_depth(a, TEXTS[:2], progress=False).value,
                                logit_lens_depth(b, TEXTS[:2], progress=False).value, rtol=1e-6)
 
 
-def test_gsm8k_texts():
-    t = gsm8k_texts(n=5)
+def test_gsm8k_texts(data_dir, tmp_path, monkeypatch):
+    t = gsm8k_texts(n=5)                                   # from $DEPTHSTUDY_DATA (set by conftest)
     assert len(t) == 5 and all(x.startswith("Question: ") and "\nAnswer: " in x for x in t)
     assert "<<" not in "".join(t) and "####" in t[0]
     assert gsm8k_texts(n=1, start=1)[0] == t[1]
     with pytest.raises(FileNotFoundError, match="DEPTHSTUDY_DATA"):
         gsm8k_texts(path="/nonexistent/test.jsonl")
+    assert gsm8k_texts(n=2, data_dir=data_dir) == t[:2]
+    assert gsm8k_texts(data_dir / "gsm8k" / "test.jsonl", n=2) == t[:2]
+    monkeypatch.delenv("DEPTHSTUDY_DATA")                  # no data folder anywhere: say what to set
+    with pytest.raises(FileNotFoundError, match="test.jsonl.*DEPTHSTUDY_DATA"):
+        gsm8k_texts(n=1)
+    with pytest.raises(FileNotFoundError, match="test.jsonl"):
+        gsm8k_texts(n=1, data_dir=tmp_path)
 
 
 def test_errors(tiny):
