@@ -2,10 +2,15 @@
 
 Run: `python bench/bench_skip.py [--texts 3] [--repeats 3] [--variant current|future] [--n-t 1]`.
 The naive loop below is written out on purpose (it is what the batched path replaces): per text one clean
-pass, then one pass per (skipped layer, t), each comparing with the clean pass. Both must give the same
-matrix; the script checks that and prints median wall times and the speed ratio.
+pass, then one pass per (skipped layer, t), each comparing with the clean pass. Both batched engines of
+`skip_raw` ("direct", the default for local models: only the layers a skip changes are recomputed; and
+"nnsight", one batched trace per chunk, the path NDIF uses) must give the same matrix as the naive loop;
+the script checks that and prints median wall and CPU times, the speed ratios and each path's peak memory
+(resident set size sampled while it runs). Needs GSM8K: `$DEPTHSTUDY_DATA` or `../shared/data` next to the
+repository. On a shared machine read the CPU times and the load average printed with them.
 """
-import argparse, statistics, time
+import argparse, os, statistics, threading, time
+from pathlib import Path
 import numpy as np
 import torch
 import nnsight
@@ -49,6 +54,29 @@ def naive(m, texts, variant, n_t, seed):
     return eff_max, out_max
 
 
+class PeakRSS:
+    "Peak resident set size (MiB) of this process while the `with` block runs, sampled every 5 ms."
+    def __enter__(self):
+        self.peak, self._stop = _rss(), threading.Event()
+        def loop():
+            while not self._stop.wait(0.005): self.peak = max(self.peak, _rss())
+        self._t = threading.Thread(target=loop, daemon=True); self._t.start()
+        return self
+    def __exit__(self, *exc):
+        self._stop.set(); self._t.join(); self.peak = max(self.peak, _rss())
+
+
+def _rss():
+    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def timed(f):
+    "(result, wall s, CPU s, peak RSS MiB) of f()."
+    t0, c0 = time.perf_counter(), time.process_time()
+    with PeakRSS() as mem: r = f()
+    return r, time.perf_counter() - t0, time.process_time() - c0, mem.peak
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -59,29 +87,45 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-chars", type=int, default=400, help="truncate texts (keeps CPU runs short)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--engines", default="direct,nnsight", help="batched engines of skip_raw to compare")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
+    root = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("DEPTHSTUDY_DATA", str(root.parent / "shared" / "data"))
     m = load_model(a.model)
     texts = [t[:a.max_chars] for t in gsm8k_texts(n=a.texts)]
     lens = [int(x) for x in m.encode(texts)["attention_mask"].sum(1)]
     print(f"{m}; {len(texts)} texts of {lens} tokens; variant={a.variant} n_t={a.n_t}; device={m.device}; "
-          f"torch threads={torch.get_num_threads()}")
+          f"torch threads={torch.get_num_threads()}; load average at start {os.getloadavg()}")
     kw = dict(mode="block", variant=a.variant, n_t=a.n_t, seed=0)
-    tb, tn = [], []
+    engines = [e for e in a.engines.split(",") if e]
+    T = {k: dict(wall=[], cpu=[], mem=0.0, passes=0) for k in engines + ["naive"]}
+    base = _rss()
     for r in range(a.repeats):
-        t0 = time.perf_counter(); n0 = m.n_forward
-        raw = skip_raw(m, texts, batch_size=a.batch_size, progress=False, **kw)
-        tb.append(time.perf_counter() - t0); nb = m.n_forward - n0
-        t0 = time.perf_counter(); n0 = m.n_forward
-        em, om = naive(m, texts, a.variant, a.n_t, 0)
-        tn.append(time.perf_counter() - t0); nn = m.n_forward - n0
-    de = np.abs(raw["eff_max"] - em).max(); do = np.abs(raw["out_max"] - om).max()
-    print(f"max |batched - naive|: effects {de:.2e}, output {do:.2e}")
-    assert de < 1e-3 and do < 1e-4, "batched and naive skip effects differ"
-    mb, mn = statistics.median(tb), statistics.median(tn)
-    print(f"batched: {nb} forward passes, median {mb:.2f} s  (runs {[round(x, 2) for x in tb]})")
-    print(f"naive:   {nn} forward passes, median {mn:.2f} s  (runs {[round(x, 2) for x in tn]})")
-    print(f"speed ratio naive/batched: {mn / mb:.2f}x")
+        for k in engines + ["naive"]:
+            n0 = m.n_forward
+            if k == "naive": res, w, c, mem = timed(lambda: naive(m, texts, a.variant, a.n_t, 0))
+            else: res, w, c, mem = timed(lambda: skip_raw(m, texts, batch_size=a.batch_size, progress=False, engine=k, **kw))
+            T[k]["wall"].append(w); T[k]["cpu"].append(c); T[k]["mem"] = max(T[k]["mem"], mem)
+            T[k]["passes"] = m.n_forward - n0; T[k]["res"] = res
+    em, om = T["naive"]["res"]
+    ok = True
+    for k in engines:
+        raw = T[k]["res"]
+        de = np.abs(raw["eff_max"] - em).max(); do = np.abs(raw["out_max"] - om).max()
+        print(f"max |{k} - naive|: effects {de:.2e}, output {do:.2e}")
+        ok &= bool(de < 1e-3 and do < 1e-4)
+    print(f"resident memory before the runs: {base:.0f} MiB (model, tokenizer, libraries)")
+    for k in engines + ["naive"]:
+        t = T[k]
+        print(f"{k:8s}: {t['passes']:4d} forward passes, median wall {statistics.median(t['wall']):7.2f} s, "
+              f"CPU {statistics.median(t['cpu']):7.2f} s, peak RSS {t['mem']:.0f} MiB  "
+              f"(wall runs {[round(x, 2) for x in t['wall']]})")
+    for k in engines:
+        print(f"speed ratio naive/{k}: wall {statistics.median(T['naive']['wall']) / statistics.median(T[k]['wall']):.2f}x, "
+              f"CPU {statistics.median(T['naive']['cpu']) / statistics.median(T[k]['cpu']):.2f}x")
+    print(f"load average at end {os.getloadavg()}")
+    assert ok, "batched and naive skip effects differ"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from .results import tidy, bootstrap_ci
 
 # %% auto #0
-__all__ = ['MODES', 'VARIANTS', 'draw_ts', 'skip_raw', 'skip_effects', 'depth_score', 'depth_vs_hops']
+__all__ = ['MODES', 'VARIANTS', 'ENGINES', 'draw_ts', 'skip_raw', 'skip_effects', 'depth_score', 'summarise_hops', 'depth_trend',
+           'depth_vs_hops']
 
 # %% ../nbs/06_skip.ipynb #70dc659c
 MODES = ("block", "attn", "mlp")
@@ -52,9 +53,9 @@ def _chunks(jobs, batch_size):
     return chunks
 
 # %% ../nbs/06_skip.ipynb #8ab8e4f5
-def _run_chunk(model, texts, chunk, mode, variant):
-    """Run one chunk; returns (effects [R, P, L] CPU, output effects [R, P] CPU, row info list, measure
-    mask [R, P]). Row info: (text index, skipped layer or None, t or None)."""
+def _plan(model, texts, chunk, variant):
+    """The rows of one chunk: the chunk's texts encoded, row info (text index, skipped layer or None, t or None),
+    `src` (row -> text of the chunk), `skip` [R, P] (positions whose layer output is replaced) and `measure` [R, P]."""
     uniq = [i for i, _ in chunk]
     enc = model.encode([texts[i] for i in uniq])
     rows, src = [], []
@@ -62,6 +63,21 @@ def _run_chunk(model, texts, chunk, mode, variant):
         rows.append((i, None, None)); src.append(u)
         for s, t in js: rows.append((i, s, t)); src.append(u)
     src = torch.tensor(src)
+    real = enc["attention_mask"][src].bool()
+    R, P = real.shape
+    pos = torch.arange(P)
+    skip, measure = torch.zeros(R, P, dtype=torch.bool), torch.zeros(R, P, dtype=torch.bool)
+    for r, (i, s, t) in enumerate(rows):
+        if s is None: continue
+        if variant == "future": sk, me = (pos >= 1) & (pos < t), pos >= t
+        else: sk = me = pos >= 1
+        skip[r], measure[r] = sk & real[r], me & real[r]
+    return enc, rows, src, skip, measure
+
+def _run_chunk(model, texts, chunk, mode, variant):
+    """Run one chunk as one nnsight trace (works locally and on NDIF); returns (effects [R, P, L] CPU, output
+    effects [R, P] CPU, row info list, measure mask [R, P]). Row info: (text index, skipped layer or None, t or None)."""
+    enc, rows, src, skip, measure = _plan(model, texts, chunk, variant)
     ids, am = enc["input_ids"][src], enc["attention_mask"][src]
     R, P = ids.shape
     ref = torch.zeros(R, dtype=torch.long)
@@ -69,18 +85,9 @@ def _run_chunk(model, texts, chunk, mode, variant):
     for r, (i, s, t) in enumerate(rows):
         if s is None: cur = r
         ref[r] = cur
-    pos = torch.arange(P)
-    real = am.bool()
-    measure = torch.zeros(R, P, dtype=torch.bool)
     masks = {}
     for r, (i, s, t) in enumerate(rows):
-        if s is None: continue
-        if variant == "future":
-            skip_here, meas = (pos >= 1) & (pos < t), (pos >= t)
-        else:
-            skip_here, meas = (pos >= 1), (pos >= 1)
-        measure[r] = meas & real[r]
-        masks.setdefault(s, torch.zeros(R, P, 1, dtype=torch.bool))[r, :, 0] = skip_here & real[r]
+        if s is not None: masks.setdefault(s, torch.zeros(R, P, 1, dtype=torch.bool))[r, :, 0] = skip[r]
     L = model.n_layers
     blocks, attns, mlps, norm, head = model.blocks, model.attns, model.mlps, model.norm, model.head
     at, mt = model.arch.attn_tuple, model.arch.mlp_tuple
@@ -115,6 +122,101 @@ def _run_chunk(model, texts, chunk, mode, variant):
             out_eff = (p - p[ref_d]).norm(dim=-1).cpu().save()
     return torch.stack(list(eff), -1), out_eff, rows, measure
 
+# %% ../nbs/06_skip.ipynb #04664be8
+def _submodule(root, path):
+    for a in path.split("."): root = getattr(root, a)
+    return root
+
+def _take(x, idx, B):
+    "Index every batch-sized tensor (dim >= 2, first dim B) of a nested layer argument by `idx`; others pass as they are."
+    if torch.is_tensor(x): return x[idx] if x.dim() >= 2 and x.shape[0] == B else x
+    if isinstance(x, tuple): return tuple(_take(v, idx, B) for v in x)
+    if isinstance(x, list): return [_take(v, idx, B) for v in x]
+    if isinstance(x, dict): return {k: _take(v, idx, B) for k, v in x.items()}
+    return x
+
+def _clean_pass(model, enc):
+    """One clean forward pass of the decoder stack with plain hooks: the block inputs `h[0..L-1]`, the final
+    norm's input `h[L]`, and per block the (positional, keyword) arguments besides the hidden states."""
+    blocks = _submodule(model.hf, model.arch.blocks)
+    base = _submodule(model.hf, model.arch.blocks.rsplit(".", 1)[0])   # the decoder stack without the head
+    L = model.n_layers
+    hs, calls, hooks = [None] * (L + 1), [None] * L, []
+    def pre(l):
+        def f(mod, args, kw):
+            kw = dict(kw)
+            if args: hs[l], calls[l] = args[0], (True, args[1:], kw)
+            else: hs[l], calls[l] = kw.pop("hidden_states"), (False, (), kw)
+        return f
+    for l in range(L): hooks.append(blocks[l].register_forward_pre_hook(pre(l), with_kwargs=True))
+    hooks.append(_submodule(model.hf, model.arch.norm).register_forward_pre_hook(
+        lambda mod, args: hs.__setitem__(L, args[0])))
+    dev = model.device
+    try:
+        base(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev), use_cache=False)
+    finally:
+        for h in hooks: h.remove()
+    model.n_forward += 1
+    return hs, calls
+
+def _run_chunk_direct(model, texts, chunk, mode, variant, head_rows: int = 4):
+    """`_run_chunk` for a local model without nnsight: a clean pass, then the skipped rows as a wavefront
+    (rows skipping layer s join at block s from the clean h[s]); the output effect only at measured positions.
+    Same return values as `_run_chunk` (clean rows have zero effects)."""
+    enc, rows, src, skip, measure = _plan(model, texts, chunk, variant)
+    B, P = enc["input_ids"].shape
+    R, L, dev = len(rows), model.n_layers, model.device
+    blocks = _submodule(model.hf, model.arch.blocks)
+    norm, head = _submodule(model.hf, model.arch.norm), _submodule(model.hf, model.arch.head)
+    eff, out_eff = torch.zeros(R, P, L), torch.zeros(R, P)
+    skipped = [r for r, (i, s, t) in enumerate(rows) if s is not None]
+    if not skipped: return eff, out_eff, rows, measure
+    with torch.no_grad():
+        hs, calls = _clean_pass(model, enc)
+        act, x = [], None                                   # active rows (indices into `rows`), their stream
+        for j in range(L):
+            new = [r for r in skipped if rows[r][1] == j]
+            if new:
+                xn = hs[j][src[new].to(dev)]
+                x = xn if x is None else torch.cat([x, xn])
+                act += new
+            if not act: continue
+            idx = src[act].to(dev)
+            positional, args, kw = calls[j]
+            args, kw = _take(args, idx, B), _take(kw, idx, B)
+            m = torch.zeros(len(act), P, 1, dtype=torch.bool)
+            if new: m[len(act) - len(new):, :, 0] = skip[new]
+            m = m.to(dev)
+            hook = None
+            if new and mode in ("attn", "mlp"):
+                sub = _submodule(blocks[j], model.arch.attn if mode == "attn" else model.arch.mlp)
+                def zero(mod, inp, o, m=m):
+                    return (o[0].masked_fill(m, 0.0),) + tuple(o[1:]) if isinstance(o, tuple) else o.masked_fill(m, 0.0)
+                hook = sub.register_forward_hook(zero)
+            try:
+                y = blocks[j](x, *args, **kw) if positional else blocks[j](hidden_states=x, **kw)
+            finally:
+                if hook is not None: hook.remove()
+            if isinstance(y, tuple): y = y[0]
+            if new and mode == "block": y = torch.where(m, x, y)
+            d0 = (hs[j + 1] - hs[j]).float()[idx]
+            eff[act, :, j] = ((y - x).float() - d0).norm(dim=-1).div(d0.norm(dim=-1).clamp(min=1e-6)).cpu()
+            x = y
+        model.n_forward += 1
+        # output effect at the measured positions; the clean distribution once per text
+        pos_of = {r: k for k, r in enumerate(act)}
+        for u in range(B):
+            rs = [r for r in skipped if int(src[r]) == u and measure[r].any()]
+            if not rs: continue
+            cols = measure[rs].any(0).nonzero().squeeze(1)
+            p0 = head(norm(hs[L][u, cols.to(dev)])).float().softmax(-1)            # [C, V]
+            for k in range(0, len(rs), head_rows):
+                part = rs[k:k + head_rows]
+                h = x[[pos_of[r] for r in part]][:, cols.to(dev)]
+                p = head(norm(h)).float().softmax(-1)                               # [n, C, V]
+                out_eff[torch.tensor(part)[:, None], cols[None, :]] = (p - p0).norm(dim=-1).cpu()
+    return eff, out_eff, rows, measure
+
 # %% ../nbs/06_skip.ipynb #eb1cb558
 def _check_args(model, mode, variant, layers):
     if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -125,12 +227,24 @@ def _check_args(model, mode, variant, layers):
     if bad: raise ValueError(f"layers {bad} out of range 0..{L - 1}")
     return layers
 
+ENGINES = ("auto", "direct", "nnsight")
+
+def _engine(model, engine):
+    if engine not in ENGINES: raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto": return "nnsight" if model.remote else "direct"
+    if engine == "direct" and model.remote:
+        raise ValueError("engine='direct' needs the model in this process; use engine='nnsight' (or 'auto') for remote models")
+    return engine
+
 def skip_raw(model, texts, mode="block", variant="future", n_t=4, seed=0, layers=None, batch_size=32,
-             progress=True):
+             progress=True, engine="auto"):
     """Per text and skipped layer, the max and the sum (with token counts) of the effects over measured
     positions and t. Returns a dict of numpy arrays: `eff_max`, `eff_sum` [N, S, L]; `out_max`, `out_sum`
-    [N, S]; `count` [N, S]; `layers` (the S skipped layers); `ts` (per-text t values)."""
+    [N, S]; `count` [N, S]; `layers` (the S skipped layers); `ts` (per-text t values).
+    `engine`: "nnsight" (one batched trace per chunk; also on NDIF), "direct" (local models: only the layers
+    a skip changes are recomputed, about half the work), "auto" (direct for local models, else nnsight)."""
     layers = _check_args(model, mode, variant, layers)
+    run = _run_chunk_direct if _engine(model, engine) == "direct" else _run_chunk
     if isinstance(texts, str): texts = [texts]
     texts = list(texts)
     if not texts: raise ValueError("skip effects need at least one text")
@@ -145,7 +259,7 @@ def skip_raw(model, texts, mode="block", variant="future", n_t=4, seed=0, layers
              out_sum=np.zeros((N, S)), count=np.zeros((N, S)))
     chunks = _chunks(_jobs(N, layers, ts), batch_size)
     for chunk in tqdm(chunks, disable=not progress, desc=f"skip {mode}/{variant}"):
-        eff, out, rows, meas = _run_chunk(model, texts, chunk, mode, variant)
+        eff, out, rows, meas = run(model, texts, chunk, mode, variant)
         eff, out = eff.double(), out.double()
         for r, (i, s, t) in enumerate(rows):
             if s is None: continue
@@ -161,14 +275,14 @@ def skip_raw(model, texts, mode="block", variant="future", n_t=4, seed=0, layers
 # %% ../nbs/06_skip.ipynb #00892b4a
 def skip_effects(model, texts=None, mode: str = "block", variant: str = "future", n_t: int = 4, seed: int = 0,
                  layers=None, batch_size: int = 32, per_item: bool = False, task: str = "gsm8k",
-                 n_boot: int = 1000, progress: bool = True) -> pd.DataFrame:
+                 n_boot: int = 1000, progress: bool = True, engine: str = "auto") -> pd.DataFrame:
     """Effect of skipping each layer on every later layer's update and on the output (Csordás et al. 2025).
 
     Args: `mode` "block" (output := input) | "attn" | "mlp" (zero that sublayer's output); `variant`
     "future" (skip positions [1, t), measure >= t, `n_t` random t per text) | "current" (skip and measure
     all positions >= 1); `layers` to skip (default all); `batch_size` rows per forward pass (many skipped
-    copies of a text share one pass); `per_item`: one row per text (column `item`) instead of aggregates.
-    Returns tidy rows: metric "skip_effect" (`layer` skipped, `layer_b`/`rel_depth_b` measured, `layer_b >
+    copies of a text share one pass); `per_item`: one row per text (column `item`) instead of aggregates;
+    `engine` "auto" | "direct" | "nnsight" (see `skip_raw`; the numbers agree). Returns tidy rows: metric "skip_effect" (`layer` skipped, `layer_b`/`rel_depth_b` measured, `layer_b >
     layer`) and "skip_output"; `stat` "max" (over positions, t, texts) and "mean" (token-weighted, CI over texts).
     Example: `skip_effects(m, gsm8k_texts(n=4), mode="block", variant="future")`.
     """
@@ -176,7 +290,7 @@ def skip_effects(model, texts=None, mode: str = "block", variant: str = "future"
         from depthstudy.residual import gsm8k_texts
         texts = gsm8k_texts(n=20)
     raw = skip_raw(model, texts, mode=mode, variant=variant, n_t=n_t, seed=seed, layers=layers,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, engine=engine)
     L, layers = model.n_layers, raw["layers"]
     cnt = raw["count"]
     base = dict(task=task, mode=mode, variant=variant)
@@ -254,9 +368,72 @@ def _family(task, hops):
     suf = f"-{hops}"
     return task[: -len(suf)] if task.endswith(suf) else task
 
+_KEYS = ("model", "n_layers", "task", "mode", "variant", "stat", "metric")
+
+def _per_item_table(per, what):
+    need = {"item", "hops", "metric", "value", "task", "model"}
+    if not need <= set(per.columns):
+        raise ValueError(f"{what} needs the per-item table of depth_vs_hops(..., per_item=True); it lacks "
+                         f"{sorted(need - set(per.columns))}")
+    return [c for c in _KEYS if c in per.columns]
+
+def summarise_hops(per: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean score per (task, hops) over items, with a bootstrap CI over items (`n` = items with a score), from
+    the per-item table of `depth_vs_hops(..., per_item=True)`; this is what `depth_vs_hops` returns by default.
+    Use it to get the summary and the per-item table (e.g. for `depth_trend`) from one run."""
+    keys = _per_item_table(per, "summarise_hops")
+    rows = []
+    for key, g in per.groupby(keys + ["hops"], sort=True, dropna=False):
+        v = g.value.dropna().to_numpy(float)
+        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+        rows.append(dict(zip(keys + ["hops"], key), value=float(v.mean()) if len(v) else np.nan,
+                         ci_low=lo, ci_high=hi, n=len(v)))
+    out = tidy(rows, layer=np.nan)
+    out["hops"] = out["hops"].astype(int)
+    return out
+
+def _slope(x, y):
+    "Least-squares slope of y on x (NaN when x has a single value)."
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    xc = x - x.mean()
+    den = (xc ** 2).sum()
+    return float((xc * (y - y.mean())).sum() / den) if den > 0 else np.nan
+
+def depth_trend(per: pd.DataFrame, metric: str = "rel_depth_score", n_boot: int = 1000, seed: int = 0,
+                level: float = 0.95) -> pd.DataFrame:
+    """Does the depth score grow with hops? Per task, the least-squares slope of the per-item `metric` against
+    `hops` (change per extra hop), with a bootstrap CI that resamples items within each hop count.
+
+    Takes the per-item table of `depth_vs_hops(..., per_item=True)`. Returns tidy rows with metric
+    `"<metric>_per_hop"`, `n` = items, `hops` empty; a CI above 0 means the score grows with hops, below 0
+    that it falls, one containing 0 shows no clear change. Example: `depth_trend(depth_vs_hops(m, items, per_item=True))`."""
+    keys = _per_item_table(per, "depth_trend")
+    d = per[(per.metric == metric) & per.value.notna()]
+    if d.empty: raise ValueError(f"no per-item rows with metric {metric!r} and a value")
+    rng = np.random.default_rng(seed)
+    a = (1 - level) / 2
+    rows = []
+    for key, g in d.groupby(keys, sort=True, dropna=False):
+        groups = [grp.value.to_numpy(float) for _, grp in g.groupby("hops", sort=True)]
+        hs = [float(h) for h, _ in g.groupby("hops", sort=True)]
+        value = _slope(g.hops, g.value)
+        lo = hi = np.nan
+        if len(groups) > 1 and all(len(v) > 1 for v in groups):
+            x = np.concatenate([np.full(len(v), h) for h, v in zip(hs, groups)])
+            boots = np.empty(n_boot)
+            for b in range(n_boot):
+                y = np.concatenate([v[rng.integers(0, len(v), len(v))] for v in groups])
+                boots[b] = _slope(x, y)
+            lo, hi = float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+        row = dict(zip(keys, key), value=value, ci_low=lo, ci_high=hi, n=len(g),
+                   hops_tested=",".join(str(int(h)) for h in hs))
+        row["metric"] = f"{metric}_per_hop"
+        rows.append(row)
+    return tidy(rows, layer=np.nan)
+
 def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str = "future", n_t: int = 1,
                   seed: int = 0, layers=None, batch_size: int = 32, stat: str = "max", task: str | None = None,
-                  per_item: bool = False, n_boot: int = 1000, progress: bool = True) -> pd.DataFrame:
+                  per_item: bool = False, n_boot: int = 1000, progress: bool = True, engine: str = "auto") -> pd.DataFrame:
     """Depth score (Csordás et al. 2025) per item, summarised per task and number of hops.
 
     Each item (a `depthstudy.tasks.MCItem` with `meta["hops"]`) becomes the text `template.prompt(item) +
@@ -264,9 +441,10 @@ def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str
     `n_t`, `layers`, `batch_size` as there) gives one depth score. Args: `template` (default
     `depthstudy.tasks.Template()`); `stat` of the per-item effects ("max" or "mean"); `task` names the rows
     (default: each item's task without its trailing "-<hops>", e.g. "arith-chain-3" -> "arith-chain");
-    `per_item` returns one row per item (columns `item`, `item_id`) instead of the summary.
-    Returns tidy rows with column `hops`, metrics "depth_score" (in layers) and "rel_depth_score" (/ L):
-    the mean over items with a bootstrap CI (`n` = items); `layer` is empty (a score is not per layer).
+    `per_item` returns one row per item (columns `item`, `item_id`) instead of the summary (`summarise_hops`
+    turns it into the summary, `depth_trend` into the slope per hop). Returns tidy rows with column `hops`,
+    metrics "depth_score" (in layers) and "rel_depth_score" (/ L): the mean over items with a bootstrap CI
+    (`n` = items); `layer` is empty (a score is not per layer).
     Example: `depth_vs_hops(m, arithmetic_chains(1, 10) + arithmetic_chains(3, 10))`.
     """
     items = list(items)
@@ -280,25 +458,15 @@ def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str
         template = Template()
     texts = [template.prompt(it) + template.continuation(it.choices[it.correct[0]]) for it in items]
     raw = skip_raw(model, texts, mode=mode, variant=variant, n_t=n_t, seed=seed, layers=layers,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, engine=engine)
     L = model.n_layers
     eff = raw["eff_max"] if stat == "max" else raw["eff_sum"] / np.maximum(raw["count"], 1)[:, :, None]
     scores = _scores(eff, raw["layers"], L)
     hops = [int(it.meta["hops"]) for it in items]
     names = [task or _family(str(getattr(it, "task", "items")), h) for it, h in zip(items, hops)]
     base = dict(mode=mode, variant=variant, stat=stat)
-    if per_item:
-        rows = [dict(base, task=t, hops=h, metric=mt, value=v, n=1, item=i, item_id=getattr(it, "id", str(i)))
-                for i, (it, t, h, sc) in enumerate(zip(items, names, hops, scores))
-                for mt, v in (("depth_score", sc), ("rel_depth_score", sc / L))]
-        return tidy(rows, model=model, layer=np.nan)
-    per = pd.DataFrame(dict(task=names, hops=hops, score=scores))
-    rows = []
-    for (t, h), g in per.groupby(["task", "hops"], sort=True):
-        v = g.score.dropna().to_numpy()
-        mean = float(v.mean()) if len(v) else np.nan
-        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-        for mt, k in (("depth_score", 1.0), ("rel_depth_score", 1.0 / L)):
-            rows.append(dict(base, task=t, hops=int(h), metric=mt, value=mean * k, ci_low=lo * k, ci_high=hi * k,
-                             n=len(v)))
-    return tidy(rows, model=model, layer=np.nan)
+    rows = [dict(base, task=t, hops=h, metric=mt, value=v, n=1, item=i, item_id=getattr(it, "id", str(i)))
+            for i, (it, t, h, sc) in enumerate(zip(items, names, hops, scores))
+            for mt, v in (("depth_score", sc), ("rel_depth_score", sc / L))]
+    per = tidy(rows, model=model, layer=np.nan)
+    return per if per_item else summarise_hops(per, n_boot=n_boot, seed=seed)

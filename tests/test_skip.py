@@ -1,35 +1,17 @@
 "Layer-skip effects (depthstudy.skip): batched path vs independent single-skip runs on tiny random-init models."
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
-from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
-from depthstudy.models import Model
-from depthstudy.skip import skip_effects, skip_raw, depth_score, draw_ts, _run_chunk
+from depthstudy.skip import (skip_effects, skip_raw, depth_score, draw_ts, _run_chunk, _run_chunk_direct, summarise_hops,
+                             depth_trend)
 
 TEXTS = ["hello world, this is a test", "short one!", "another longer text with several words in it"]
 
 
-def byte_tokenizer():
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def tiny_model(n_layers=4, hidden=64, seed=0, remote=False):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-                      num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
-    return Model.from_hf(LlamaForCausalLM(cfg).eval(), byte_tokenizer(), name="tiny", remote=remote)
-
-
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+def tiny(tiny_llama):
+    return tiny_llama()
 
 
 def single_skip(hf, ids, s, mode, lo, hi):
@@ -66,11 +48,12 @@ def single_skip(hf, ids, s, mode, lo, hi):
     return D.double(), logits[0].double().softmax(-1)
 
 
+@pytest.mark.parametrize("engine", ["nnsight", "direct"])
 @pytest.mark.parametrize("mode", ["block", "attn", "mlp"])
 @pytest.mark.parametrize("variant", ["future", "current"])
-def test_batched_equals_single_skip(tiny, mode, variant):
+def test_batched_equals_single_skip(tiny, mode, variant, engine):
     L = tiny.n_layers
-    raw = skip_raw(tiny, TEXTS, mode=mode, variant=variant, n_t=2, seed=3, batch_size=7, progress=False)
+    raw = skip_raw(tiny, TEXTS, mode=mode, variant=variant, n_t=2, seed=3, batch_size=7, progress=False, engine=engine)
     lengths = [int(x) for x in tiny.encode(TEXTS)["attention_mask"].sum(1)]
     ts = draw_ts(lengths, 2, 3) if variant == "future" else [[None]] * len(TEXTS)
     assert raw["ts"] == ts
@@ -90,10 +73,11 @@ def test_batched_equals_single_skip(tiny, mode, variant):
     assert raw["eff_max"].max() > 0.01          # the skips do something
 
 
-def test_clean_rows_have_zero_effect(tiny):
+@pytest.mark.parametrize("run", [_run_chunk, _run_chunk_direct])
+def test_clean_rows_have_zero_effect(tiny, run):
     "Skipping nothing: clean rows packed in a batch with skipped rows show no effect at all (no leakage)."
     chunk = [(0, [(1, 5), (2, 7)]), (1, [(0, 4)]), (2, [])]
-    eff, out, rows, meas = _run_chunk(tiny, TEXTS, chunk, "block", "future")
+    eff, out, rows, meas = run(tiny, TEXTS, chunk, "block", "future")
     clean = [r for r, (i, s, t) in enumerate(rows) if s is None]
     assert len(clean) == 3
     assert eff[clean].abs().max() == 0 and out[clean].abs().max() == 0
@@ -101,8 +85,8 @@ def test_clean_rows_have_zero_effect(tiny):
     assert eff[skipped].max() > 0
 
 
-def test_dead_block_has_zero_effect():
-    m = tiny_model(seed=1)
+def test_dead_block_has_zero_effect(tiny_llama):
+    m = tiny_llama(seed=1)
     dead = 2
     with torch.no_grad():
         m.hf.model.layers[dead].self_attn.o_proj.weight.zero_()
@@ -110,7 +94,9 @@ def test_dead_block_has_zero_effect():
     for mode in ("block", "attn", "mlp"):
         for variant in ("future", "current"):
             raw = skip_raw(m, TEXTS, mode=mode, variant=variant, n_t=2, progress=False)
-            assert raw["eff_max"][:, dead].max() == 0 and raw["out_max"][:, dead].max() == 0
+            # effects exactly 0; the output only up to float noise (the direct engine computes the clean and the
+            # skipped distributions in different head calls)
+            assert raw["eff_max"][:, dead].max() == 0 and raw["out_max"][:, dead].max() < 1e-6
             assert raw["eff_max"][:, dead - 1].max() > 0
 
 
@@ -146,8 +132,34 @@ def test_layers_subset_and_errors(tiny):
     with pytest.raises(ValueError, match="batch_size"): skip_raw(tiny, TEXTS, batch_size=1, progress=False)
 
 
-def test_remote_local_same_numbers():
-    a, b = tiny_model(n_layers=3), tiny_model(n_layers=3, remote="local")
+@pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "gemma2", "gemma3_text", "gpt2"])
+def test_engines_agree_on_every_family(family):
+    "The direct engine (plain hooks, wavefront) against the nnsight trace, on tiny models of each Arch family."
+    from depthstudy.models import tiny_model
+    m = tiny_model(family, n_layers=4)
+    texts = ["the cat sat on the mat and the dog ran", "one plus two equals three", "what is the capital of france"]
+    for mode in ("block", "attn", "mlp"):
+        for variant in ("future", "current"):
+            kw = dict(mode=mode, variant=variant, n_t=2, batch_size=5, progress=False)
+            a, b = skip_raw(m, texts, engine="nnsight", **kw), skip_raw(m, texts, engine="direct", **kw)
+            for k in ("eff_max", "eff_sum", "out_max", "out_sum", "count"):
+                np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=f"{family} {mode} {variant} {k}")
+            assert a["eff_max"].max() > 0.01
+
+
+def test_engine_choice(tiny_llama):
+    from depthstudy.skip import _engine
+    local, remote = tiny_llama(n_layers=2), tiny_llama(n_layers=2, remote="local")
+    assert _engine(local, "auto") == "direct" and _engine(remote, "auto") == "nnsight"
+    with pytest.raises(ValueError, match="engine"): skip_raw(local, TEXTS, engine="fast", progress=False)
+    with pytest.raises(ValueError, match="remote"): skip_raw(remote, TEXTS, engine="direct", progress=False)
+    n0 = local.n_forward
+    skip_raw(local, TEXTS[:1], progress=False)
+    assert local.n_forward > n0                      # the direct engine counts its passes too
+
+
+def test_remote_local_same_numbers(tiny_llama):
+    a, b = tiny_llama(n_layers=3), tiny_llama(n_layers=3, remote="local")
     for mode in ("block", "attn"):
         x = skip_raw(a, TEXTS[:2], mode=mode, n_t=2, progress=False)
         y = skip_raw(b, TEXTS[:2], mode=mode, n_t=2, progress=False)
@@ -193,3 +205,33 @@ def test_depth_vs_hops_errors(tiny):
     with pytest.raises(ValueError, match="hops"): depth_vs_hops(tiny, items, progress=False)
     with pytest.raises(ValueError, match="at least one"): depth_vs_hops(tiny, [], progress=False)
     with pytest.raises(ValueError, match="stat"): depth_vs_hops(tiny, hop_items(), stat="median", progress=False)
+
+
+def test_summarise_hops_and_depth_trend(tiny):
+    from depthstudy.skip import depth_vs_hops
+    items = hop_items()
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, progress=False)
+    # the default summary is summarise_hops of the per-item table
+    summ = depth_vs_hops(tiny, items, n_t=2, progress=False)
+    got = summarise_hops(per)
+    assert list(got.columns) == list(summ.columns)
+    np.testing.assert_allclose(got.value, summ.value); np.testing.assert_allclose(got.ci_low, summ.ci_low)
+    assert list(got.hops) == list(summ.hops) and list(got.metric) == list(summ.metric)
+    # the slope per hop is the least-squares slope of the per-item scores; its CI resamples items within hops
+    tr = depth_trend(per)
+    r = per.query("metric == 'rel_depth_score'")
+    assert len(tr) == 1 and tr.metric.iloc[0] == "rel_depth_score_per_hop" and tr.n.iloc[0] == 6
+    assert tr.value.iloc[0] == pytest.approx(np.polyfit(r.hops, r.value, 1)[0])
+    assert np.isnan(tr.ci_low.iloc[0])                   # hops 3 has one item: no CI
+    two = per[per.hops < 3]
+    t2 = depth_trend(two, metric="depth_score", n_boot=200)
+    assert t2.ci_low.iloc[0] <= t2.value.iloc[0] <= t2.ci_high.iloc[0] and t2.hops_tested.iloc[0] == "1,2"
+    # a made-up table whose score grows by exactly 0.1 per hop, with noise: the CI must exclude 0
+    rng = np.random.default_rng(0)
+    rows = [dict(per.iloc[0], item=i, hops=h, metric="rel_depth_score", value=0.1 * h + rng.normal(0, .01))
+            for i, h in enumerate([1] * 10 + [2] * 10 + [3] * 10)]
+    fake = pd.DataFrame(rows)
+    t3 = depth_trend(fake)
+    assert t3.value.iloc[0] == pytest.approx(0.1, abs=0.01) and t3.ci_low.iloc[0] > 0.08
+    with pytest.raises(ValueError, match="per_item=True"): depth_trend(summ.drop(columns="hops"))
+    with pytest.raises(ValueError, match="per_item=True"): summarise_hops(summ)
