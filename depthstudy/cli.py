@@ -8,7 +8,7 @@ import argparse, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_models', 'cmd_trace', 'cmd_cache', 'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'cmd_lessons',
+__all__ = ['cmd_models', 'cmd_trace', 'cmd_cache', 'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'cmd_mc', 'cmd_lessons',
            'cmd_run', 'cmd_reproduce', 'cmd_site', 'cmd_readme', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #5f3bc496
@@ -113,6 +113,27 @@ def cmd_hierarchy(args):
     df = hierarchy(m, args.level, readout=args.readout, site=args.site, n=args.n, kind=args.classifier)
     _write(df, args.out)
 
+def cmd_mc(args):
+    "Study 1 on one model: layer-wise multiple-choice accuracy on one task, by logit lens or trained probes."
+    from depthstudy.models import load_model
+    from depthstudy.tasks import load_task, template_for, Template
+    items = load_task(args.task, n=args.n, seed=args.seed, path=args.data)
+    if not items: raise ValueError(f"task {args.task!r} gave no items")
+    template = None
+    if args.template:
+        fmt = args.template.encode().decode("unicode_escape")   # lets a shell pass "\n"
+        if "{question}" not in fmt: raise ValueError(f"--template must contain {{question}}, got {args.template!r}")
+        template = Template(header=template_for(items[0].task).header if args.keep_header else "", fmt=fmt)
+    m = load_model(args.model, device=args.device, remote=args.remote)
+    if args.mode == "lens":
+        from depthstudy.lens import lens_mc
+        df = lens_mc(m, items, template, faithful=args.faithful, length_norm=args.length_norm)
+    else:
+        if args.faithful: raise ValueError("--faithful is a logit-lens option; probes read the residual stream as it is")
+        from depthstudy.probes import probe_mc
+        df = probe_mc(m, items, template)
+    _write(df, args.out)
+
 def cmd_lessons(args):
     "The lessons, with their parameters, types and defaults."
     from depthstudy.course import list_lessons
@@ -169,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_trace)
     s = sub.add_parser("cache", help="activation cache: info | clear")
     s.add_argument("action", choices=["info", "clear"]); s.set_defaults(func=cmd_cache)
+    s = sub.add_parser("mc", help="study 1: layer-wise multiple-choice accuracy (logit lens or trained probes)")
+    _common(s, n=None); s.add_argument("--task", required=True, help="a task name (depthstudy lessons / TASKS), or generic:PATH")
+    s.add_argument("--mode", choices=["lens", "probe"], default="lens")
+    s.add_argument("--faithful", action="store_true", help="the paper's lens: no final norm before the last layer")
+    s.add_argument("--length-norm", action="store_true", help="mean instead of sum of the answer tokens' log-probs")
+    s.add_argument("--data", default=None, help="the task's data file (default: found under $DEPTHSTUDY_DATA)")
+    s.add_argument("--template", default=None, help='prompt format with {question}, e.g. "Question: {question}\\nAnswer:"')
+    s.add_argument("--keep-header", action="store_true", help="keep the task's few-shot header with --template")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random subset of --n items")
+    s.set_defaults(func=cmd_mc)
     s = sub.add_parser("depth", help="study 2: contributions, logit lens, skip effects or depth vs hops")
     _common(s); s.add_argument("--analysis", choices=["contrib", "lens", "skip", "hops"], required=True)
     s.add_argument("--mode", choices=["block", "attn", "mlp"], default="block")
