@@ -128,12 +128,14 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
     return tidy(rows, model=model_a)
 
 # %% ../nbs/07_maps.ipynb #8e3d523e
-def best_match(df: pd.DataFrame, metric: str = "rel_error") -> pd.DataFrame:
-    """Best target layer per source layer (and model pair) of a `linear_maps` table: lowest `rel_error` or
-    highest `r2`. Returns columns model, model_b, layer, rel_depth, layer_b, rel_depth_b, value."""
+def best_match(df: pd.DataFrame, metric: str = "rel_error", per: str = "source") -> pd.DataFrame:
+    """Best match per layer (and model pair) of a `linear_maps` table: lowest `rel_error` or highest `r2`.
+    `per="source"`: for each source layer the best target layer (the paper's reading); `per="target"`: for each
+    target layer the best source layer. Returns columns model, model_b, layer, rel_depth, layer_b, rel_depth_b, value."""
+    if per not in ("source", "target"): raise ValueError(f"per must be 'source' or 'target', got {per!r}")
     d = df[df.metric == metric]
     if d.empty: raise ValueError(f"no rows with metric {metric!r}: pass the output of linear_maps")
-    idx = d.groupby(["model", "model_b", "layer"]).value.idxmin() if metric == "rel_error" else \
-        d.groupby(["model", "model_b", "layer"]).value.idxmax()
+    g = d.groupby(["model", "model_b", "layer" if per == "source" else "layer_b"]).value
+    idx = g.idxmin() if metric == "rel_error" else g.idxmax()
     return d.loc[idx.values, ["model", "model_b", "layer", "rel_depth", "layer_b", "rel_depth_b", "value"]] \
         .reset_index(drop=True)

@@ -22,11 +22,26 @@ def test_self_map_is_identity(tiny):
     bm = best_match(df)
     assert (bm.layer == bm.layer_b).all()
     assert (best_match(df, "r2").layer_b == bm.layer_b).all()
+    bt = best_match(df, per="target")
+    assert list(bt.layer_b) == list(range(1, L + 1)) and (bt.layer == bt.layer_b).all()
+    with pytest.raises(ValueError, match="per"): best_match(df, per="both")
     off = err.to_numpy()[~np.eye(L, dtype=bool)]
     assert off.min() > 10 * np.diag(err).max()       # the diagonal is clearly best, not a tie
     row = df.iloc[0]
     assert row.model_b == "tiny" and row.n_layers_b == L and np.isclose(row.rel_depth, row.layer / L)
     assert np.isclose(row.rel_depth_b, row.layer_b / L)
+
+
+def test_best_match_per_target_removes_an_easy_target():
+    "A target layer that is easy to predict from anything wins every row; column-wise the diagonal shows."
+    import pandas as pd
+    err = np.array([[.30, .10, .60], [.60, .12, .30], [.90, .15, .20]])     # target layer 2 is easy for everyone
+    rows = [dict(model="a", model_b="b", layer=i + 1, rel_depth=(i + 1) / 3, layer_b=j + 1, rel_depth_b=(j + 1) / 3,
+                 metric="rel_error", value=err[i, j]) for i in range(3) for j in range(3)]
+    df = pd.DataFrame(rows)
+    assert list(best_match(df).layer_b) == [2, 2, 2]
+    bt = best_match(df, per="target")
+    assert list(bt.layer_b) == [1, 2, 3] and list(bt.layer) == [1, 1, 3]
 
 
 def test_map_matches_numpy_least_squares(tiny):
