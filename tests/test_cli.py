@@ -58,3 +58,33 @@ def test_depth_contrib_writes_the_tidy_table(embedded, tmp_path, data_dir):
     from depthstudy.results import load_results
     df = load_results(out)
     assert set(df.layer) == set(range(30)) and {"attn_rel", "mlp_rel"} <= set(df.metric)
+
+
+def test_mc_lens_and_probe_write_the_tidy_table(embedded, tmp_path):
+    from depthstudy.results import load_results, COLUMNS
+    out = tmp_path / "lens.csv"
+    r = run("mc", "--task", "facts", "--n", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    df = load_results(out)
+    assert list(df.columns[:len(COLUMNS)]) == COLUMNS and set(df.metric) == {"mc1", "mc2", "mc3"}
+    assert set(df.layer) == set(range(31)) and (df.n == 8).all() and df.lens.eq("final_norm").all()
+    out = tmp_path / "faithful.csv"
+    assert run("mc", "--task", "facts", "--n", "8", "--faithful", "--out", str(out)).returncode == 0
+    assert load_results(out).lens.eq("faithful").all()
+    out = tmp_path / "probe.csv"
+    r = run("mc", "--task", "facts", "--n", "10", "--mode", "probe", "--template", "Fact: {question}", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert {"mc1_probe", "control", "selectivity"} <= set(load_results(out).metric)
+
+
+def test_mc_bad_input_is_a_clear_error(tmp_path):
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"question": "2+2?", "choices": ["4", "5"], "answer": 0}\n{"question": "no choices"}\n')
+    r = run("mc", "--task", f"generic:{bad}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "items.jsonl" in r.stderr and "2" in r.stderr
+    r = run("mc", "--task", "truthfulqa-mc1", "--data", str(tmp_path / "missing.csv"))
+    assert r.returncode == 2 and "missing.csv" in r.stderr and "Traceback" not in r.stderr
+    r = run("mc", "--task", "facts", "--template", "no placeholder")
+    assert r.returncode == 2 and "{question}" in r.stderr
+    r = run("mc", "--task", "facts", "--mode", "probe", "--faithful")
+    assert r.returncode == 2 and "logit-lens option" in r.stderr
