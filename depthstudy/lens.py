@@ -90,11 +90,13 @@ def _lens_body(model: Model, batch: dict) -> dict:
         hs.append(blocks[l].input[rows, cols])
     hs.append(norm.input[rows, cols])
     lps = nnsight.save([])
-    W = head.weight.double() if batch["exact"] and not all(normed) else None
+    exact = batch["exact"]        # "f64": the model computes in float64; True: float32 model; False: anything else
+    W = head.weight.double() if exact is True and not all(normed) else None
     for l in range(L + 1):
         x = norm(hs[l]) if normed[l] else hs[l]
         # un-normed residuals give logits in the thousands, where float32 keeps only ~1e-4 absolute: decode them in float64
-        lg = x.double() @ W.T if W is not None and not normed[l] else head(x).float()
+        lg = x.double() @ W.T if W is not None and not normed[l] else head(x)
+        lg = lg if exact == "f64" or (W is not None and not normed[l]) else lg.float()
         lps.append((lg[pu, pt] - lg.logsumexp(-1)[pu]).detach().cpu())
     return dict(lp=lps)
 
@@ -117,10 +119,13 @@ def _stack_lp(saved) -> torch.Tensor:
     return torch.stack([x.double() for x in saved["lp"]], 0)   # [L+1, n_pairs]
 
 # %% ../nbs/03_lens.ipynb #5a80e0c3
-def _exact(model: Model) -> bool:
-    "Decode un-normed layers in float64? Only for float32 models without an output-head bias (bf16 models gain nothing)."
+def _exact(model: Model):
+    """How to decode: "f64" for a float64 model (everything stays float64); True for a float32 model without an
+    output-head bias (un-normed layers decoded in float64); False otherwise (bf16 models gain nothing from it)."""
     head = model.head._module
-    return getattr(head, "bias", None) is None and getattr(getattr(head, "weight", None), "dtype", None) == torch.float32
+    dt = getattr(getattr(head, "weight", None), "dtype", None)
+    if dt == torch.float64: return "f64"
+    return getattr(head, "bias", None) is None and dt == torch.float32
 
 def _run_batch(model: Model, td: list[dict], normed: list, share: bool, remote) -> list:
     "Per item, per choice: log-probs of its answer tokens at every layer, [L+1, n_answer_tokens]."

@@ -1,0 +1,34 @@
+"Every lesson runs end to end under papermill on the embedded model, with small parameters (what CI can afford)."
+import pandas as pd
+import pytest
+from depthstudy.course import list_lessons, run_lesson
+from depthstudy.results import COLUMNS
+
+# Small parameters per lesson: every lesson must have an entry, so a new lesson cannot skip CI.
+SMALL = {
+    "00_first_look": {},
+    "01_bigger_deeper": None,       # filled in below when the lesson exists
+    "02_depth_efficiency": dict(n_texts=3, n_items=3, layers_step=5, hops_layers_step=10, max_chars=200,
+                                chain_hops=[1, 3], fact_hops=[1, 2], gsm8k_hops=[2, 4], map_target=""),
+    "03_hierarchies": dict(n=40, levels=["items", "relations"], n_perm=1, cv=3, sites=["attn"], n_shuffle=100),
+    "04_scale": dict(n_items=2, n_texts=2, max_chars=80, layers_step=6, n_stimuli=24, n_perm=0),
+}
+LESSONS = [l["name"] for l in list_lessons()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_runs_with_small_parameters(name, tmp_path, monkeypatch):
+    assert SMALL.get(name) is not None, f"add CI parameters for lesson {name} to SMALL in {__file__}"
+    monkeypatch.setenv("NDIF_API_KEY", "MARKER-NDIF-KEY-do-not-leak-0042")
+    folder = run_lesson(name, {k: str(v) if not isinstance(v, str) else v for k, v in SMALL[name].items()},
+                        out_dir=tmp_path, progress=False).parent
+    nb = folder / f"{name}.ipynb"
+    assert nb.exists()
+    df = pd.read_csv(folder / "results.csv")
+    assert list(df.columns[:len(COLUMNS)]) == COLUMNS and len(df) > 0
+    pngs = list(folder.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    for f in folder.rglob("*"):
+        if f.is_file():
+            assert b"MARKER-NDIF-KEY" not in f.read_bytes(), f"the NDIF key leaked into {f}"
