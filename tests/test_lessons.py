@@ -7,7 +7,8 @@ from depthstudy.results import COLUMNS
 # Small parameters per lesson: every lesson must have an entry, so a new lesson cannot skip CI.
 SMALL = {
     "00_first_look": {},
-    "01_bigger_deeper": None,       # filled in below when the lesson exists
+    "01_bigger_deeper": dict(n_items=6, n_long=1, n_calc=1, calc_ops=["add", "mul"], xmps_langs=["es"],
+                             tasks=["calculation", "xmps-cal", "truthfulqa-mc3", "facts"]),
     "02_depth_efficiency": dict(n_texts=3, n_items=3, layers_step=5, hops_layers_step=10, max_chars=200,
                                 chain_hops=[1, 3], fact_hops=[1, 2], gsm8k_hops=[2, 4], map_target=""),
     "03_hierarchies": dict(n=40, levels=["items", "relations"], n_perm=1, cv=3, sites=["attn"], n_shuffle=100),
