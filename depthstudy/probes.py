@@ -420,6 +420,7 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
                     out.append(_mc_acc(p.decision_function(A[:, l]), labels, item, te_items))
             for met, v in (("mc1_probe", acc), ("control", con), ("selectivity", np.subtract(acc, con))):
                 m, se, lo, hi = _summ(v)
+                lo, hi = (max(lo, -1.0), min(hi, 1.0)) if met == "selectivity" else (max(lo, 0.0), min(hi, 1.0))  # a t-interval over few folds can leave the range
                 rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
                                  chance=0.0 if met == "selectivity" else chance, se=se, kind=kind))
     return _finish(rows, model, n_layers, A.shape[1], constants)
