@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_models', 'cmd_trace', 'cmd_cache', 'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'cmd_mc', 'cmd_lessons',
-           'cmd_run', 'cmd_reproduce', 'cmd_site', 'cmd_readme', 'build_parser', 'main']
+           'parse_params', 'cmd_run', 'cmd_reproduce', 'cmd_site', 'cmd_readme', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #5f3bc496
 def _human(n: float) -> str:
@@ -141,16 +141,25 @@ def cmd_lessons(args):
         print(f"{l['name']}: {l['title']}")
         for k, v in l["parameters"].items():
             hint = f"  # {v['help']}" if v.get("help") else ""
-            print(f"    -p {k}={v['default']!r}  ({v['type']}){hint}")
+            print(f"    -p {k} {v['default']!r}  ({v['type']}){hint}")
+
+def parse_params(groups) -> dict:
+    """Lesson parameters from `-p` groups: `-p NAME VALUE` (papermill's form) or `-p NAME=VALUE`.
+    Values stay strings; `run_lesson` checks names and types against the lesson. Example:
+    `parse_params([["n_items", "40"], ["mode=lens"]])` -> `{"n_items": "40", "mode": "lens"}`."""
+    params = {}
+    for g in groups or []:
+        g = [g] if isinstance(g, str) else list(g)
+        if len(g) == 1 and "=" in g[0]: k, v = g[0].split("=", 1)
+        elif len(g) == 2: k, v = g
+        else: raise ValueError(f"-p takes NAME VALUE or NAME=VALUE, got {' '.join(g)!r}")
+        params[k.strip()] = v
+    return params
 
 def cmd_run(args):
     "Execute one lesson with parameters into an output folder (executed notebook, results.csv, figures)."
     from depthstudy.course import run_lesson
-    params = {}
-    for kv in args.param or []:
-        if "=" not in kv: raise ValueError(f"-p takes NAME=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1); params[k.strip()] = v
-    print(f"executed {run_lesson(args.lesson, params, out_dir=args.out, kernel=args.kernel)}")
+    print(f"executed {run_lesson(args.lesson, parse_params(args.param), out_dir=args.out, kernel=args.kernel)}")
 
 def cmd_reproduce(args):
     "Run every lesson (cached activations make re-runs fast) and render the site."
@@ -217,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=20); s.add_argument("--device", default=None)
     s.add_argument("--data", default=None); s.add_argument("--out", default=None); s.set_defaults(func=cmd_map)
     s = sub.add_parser("lessons", help="list the lessons with their parameters"); s.set_defaults(func=cmd_lessons)
-    s = sub.add_parser("run", help="execute a lesson with parameters: depthstudy run LESSON -p NAME=VALUE ...")
-    s.add_argument("lesson"); s.add_argument("-p", "--param", action="append", metavar="NAME=VALUE")
+    s = sub.add_parser("run", help="execute a lesson with parameters: depthstudy run LESSON -p NAME VALUE ...")
+    s.add_argument("lesson"); s.add_argument("-p", "--param", action="append", nargs="+", metavar="NAME VALUE",
+                                             help="a lesson parameter: NAME VALUE or NAME=VALUE (repeat -p for more)")
     s.add_argument("--out", default="runs"); s.add_argument("--kernel", default=None); s.set_defaults(func=cmd_run)
     s = sub.add_parser("reproduce", help="run every lesson and render the site (the main job)")
     s.add_argument("--model", default=None, help="run the lessons on this model instead of their defaults")
