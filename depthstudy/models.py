@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_models.ipynb #d80f5f6a
 from __future__ import annotations
-import functools, hashlib, importlib, importlib.util, json, os, shutil, socket, tempfile, time, warnings
+import functools, hashlib, importlib, importlib.util, json, os, shutil, socket, tempfile, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -82,23 +82,44 @@ def find_arch(config_or_model) -> Arch:
 def _get(root, path: str):
     return functools.reduce(getattr, path.split("."), root)
 
+def _offload_store(hf_model):
+    "Where accelerate keeps the weights it offloaded to CPU or disk (full parameter name -> tensor), or None."
+    for mod in hf_model.modules():
+        hook = getattr(mod, "_hf_hook", None)
+        for hk in getattr(hook, "hooks", None) or [hook]:
+            wm = getattr(hk, "weights_map", None)
+            if wm is not None: return getattr(wm, "dataset", wm)
+    return None
+
 def weights_fingerprint(hf_model, config=None, chunk: int = 1 << 22) -> str:
     """A short identity of a model's weights: its config, every parameter's name and shape, and two
     float64 reductions of its values (plain and position-weighted sums), so that editing even one
-    weight changes the fingerprint. One pass over the weights; no copy of the model."""
+    weight changes the fingerprint. One pass over the weights; no copy of the model.
+    Weights that a `device_map` offloaded (on the meta device, kept by accelerate on CPU or disk) are read
+    from where accelerate keeps them; if some cannot be read at all, the fingerprint is unique to this call
+    (so the activation cache never mixes up two models) and a warning says so."""
     h = hashlib.sha256()
     cfg = config or getattr(hf_model, "config", None)
     if cfg is not None: h.update(cfg.to_json_string(use_diff=False).encode())
+    store, unread = None, []
     with torch.no_grad():
         for name, p in hf_model.state_dict().items():
             h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-            if p.device.type == "meta" or p.numel() == 0: continue
+            if p.numel() == 0: continue
+            if p.device.type == "meta":
+                store = _offload_store(hf_model) if store is None else store
+                try: p = store[name]
+                except (KeyError, TypeError): unread.append(name); continue
             flat, s1, s2 = p.reshape(-1), 0.0, 0.0
             for i in range(0, flat.numel(), chunk):
                 x = flat[i:i + chunk].double()
                 w = torch.arange(i, i + len(x), device=x.device, dtype=torch.float64).remainder_(7919).add_(1)
                 s1 += x.sum().item(); s2 += (x * w).sum().item()
             h.update(f"{s1:.10e}{s2:.10e}".encode())
+    if unread:
+        warnings.warn(f"depthstudy: {len(unread)} weights (e.g. {unread[0]}) are on the meta device and could not be read; "
+                      "this model's activations are cached for this load only")
+        h.update(uuid.uuid4().bytes)
     return h.hexdigest()[:16]
 
 # %% ../nbs/00_models.ipynb #f321076b
@@ -336,7 +357,9 @@ def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map
 
     - `name`: an embedded model (`"smollm2-135m"`, the default; `"gemma3-270m"`), a Hugging Face id, or a local directory.
     - `device`, `dtype`, `device_map`: passed through to transformers (`device_map="auto"` spreads a model over
-      several GPUs with accelerate). Default dtype: float32 on CPU, bfloat16 on GPU.
+      several GPUs with accelerate; an explicit map such as `{"model.layers.0": 0, ..., "lm_head": 1}` works too,
+      and layers mapped to "cpu" or "disk" are offloaded). Default dtype: float32 on CPU, bfloat16 on GPU.
+      Whatever the map, collected activations come back on the CPU in float32.
     - `remote=True`: run traces on NDIF (needs `NDIF_API_KEY`); `remote="local"`: simulate NDIF locally.
     - `trust_remote_code`: only if you pass it.
 

@@ -98,3 +98,33 @@ def test_list_models_embedded_first(embedded):
     ms = models.list_models()
     assert [m["name"] for m in ms[:2]] == list(models.EMBEDDED)
     assert ms[0]["cached"] and ms[0]["installed"]
+
+
+def test_explicit_device_map_with_offload(tmp_path, byte_tokenizer, tiny_llama):
+    """An explicit device_map that offloads layers (accelerate hooks, weights on the meta device, as device_map=
+    "auto" does when GPUs run out) gives the same activations and skip effects as a plain load, float32 on the
+    CPU; the fingerprint reads the offloaded weights, so two models differing only there never share a cache entry."""
+    import numpy as np
+    from depthstudy.skip import skip_raw
+    tiny_llama(n_layers=4).hf.save_pretrained(tmp_path / "a")
+    byte_tokenizer().save_pretrained(tmp_path / "a")
+    dm = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk",
+          "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    plain = load_model(str(tmp_path / "a"), progress=False)
+    off = load_model(str(tmp_path / "a"), device_map=dm, progress=False)
+    assert any(p.device.type == "meta" for p in off.hf.parameters()), "nothing was offloaded: the test tests nothing"
+    assert off.fingerprint == plain.fingerprint
+    prompts = ["the cat sat on the mat", "two plus two"]
+    a = collect(plain, prompts, positions="all", cache=False, progress=False)
+    b = collect(off, prompts, positions="all", cache=False, progress=False)
+    assert b.resid.dtype == torch.float32 and b.resid.device.type == "cpu"
+    torch.testing.assert_close(b.resid, a.resid, atol=1e-5, rtol=0)
+    for engine in ("direct", "nnsight"):
+        s1 = skip_raw(plain, prompts, n_t=1, progress=False, engine=engine)
+        s2 = skip_raw(off, prompts, n_t=1, progress=False, engine=engine)
+        np.testing.assert_allclose(s2["eff_max"], s1["eff_max"], atol=1e-5)
+    # one offloaded weight changed on disk: another model, another fingerprint
+    other = tiny_llama(n_layers=4).hf
+    with torch.no_grad(): other.model.layers[3].mlp.down_proj.weight[0, 0] += 1.0
+    other.save_pretrained(tmp_path / "b"); byte_tokenizer().save_pretrained(tmp_path / "b")
+    assert load_model(str(tmp_path / "b"), device_map=dm, progress=False).fingerprint != off.fingerprint
