@@ -107,7 +107,7 @@ def weights_fingerprint(hf_model, config=None, chunk: int = 1 << 22) -> str:
             h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
             if p.numel() == 0: continue
             if p.device.type == "meta":
-                store = _offload_store(hf_model) if store is None else store
+                store = (_offload_store(hf_model) or {}) if store is None else store
                 try: p = store[name]
                 except (KeyError, TypeError): unread.append(name); continue
             flat, s1, s2 = p.reshape(-1), 0.0, 0.0
