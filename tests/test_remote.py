@@ -220,3 +220,37 @@ def test_hierarchy_remote_local_gives_the_same_numbers(readout, tiny_llama):
     sim = hierarchy(tiny_llama(n_layers=3, hidden=32, remote="local"), **kw)
     cols = ["task", "layer", "metric", "value", "ci_low", "ci_high", "baseline"]
     pd.testing.assert_frame_equal(local[cols], sim[cols], atol=1e-6, rtol=0)
+
+
+def test_every_analysis_on_the_embedded_model_under_remote_local(embedded, backend_calls):
+    """Each analysis on the real embedded model, once locally and once through nnsight's simulation of an NDIF
+    request: the same numbers, and requests were really sent (nothing came from the activation cache)."""
+    import numpy as np
+    import pandas as pd
+    from depthstudy.models import load_model
+    from depthstudy.lens import mc_scores
+    from depthstudy.maps import linear_maps
+    from depthstudy.probes import hierarchy, probe_mc
+    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.skip import skip_raw
+    from depthstudy.tasks import load_task
+    sim = load_model("smollm2-135m", remote="local", progress=False)
+    texts = ["Natalia sold clips to 48 of her friends in April.", "The capital of France is Paris, and of Spain"]
+    items = load_task("facts", n=6, seed=0)
+    same = lambda a, b, **tol: pd.testing.assert_series_equal(a.value.reset_index(drop=True), b.value.reset_index(drop=True), **tol)
+    n0 = backend_calls["calls"]
+    same(contributions(embedded, texts, progress=False), contributions(sim, texts, progress=False), rtol=1e-5)
+    same(logit_lens_depth(embedded, texts, progress=False), logit_lens_depth(sim, texts, progress=False), rtol=1e-5, atol=1e-6)
+    x = skip_raw(embedded, texts[:1], n_t=1, layers=[0, 10, 29], progress=False, engine="nnsight")
+    y = skip_raw(sim, texts[:1], n_t=1, layers=[0, 10, 29], progress=False)
+    np.testing.assert_allclose(x["eff_max"], y["eff_max"], atol=1e-5)
+    np.testing.assert_allclose(x["out_max"], y["out_max"], atol=1e-6)
+    for a, b in zip(mc_scores(embedded, items, progress=False), mc_scores(sim, items, progress=False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    same(probe_mc(embedded, items, cv=3, cache=False, progress=False),
+         probe_mc(sim, items, cv=3, cache=False, progress=False), atol=1e-6)
+    kw = dict(level="items", n=24, n_perm=0, cv=3, labels=["living"], layers=[0, 15, 30], cache=False, progress=False)
+    same(hierarchy(embedded, **kw), hierarchy(sim, **kw), atol=1e-6)
+    kw = dict(layers_a=[5, 20], layers_b=[5, 20], cache=False, progress=False)
+    same(linear_maps(embedded, embedded, texts, **kw), linear_maps(sim, sim, texts, **kw), rtol=1e-4, atol=1e-6)
+    assert backend_calls["calls"] - n0 >= 7, "the simulated runs sent fewer requests than analyses: something was cached"
