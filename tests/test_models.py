@@ -78,7 +78,7 @@ def test_remote_without_key_fails_before_any_request(monkeypatch):
 
 def test_embedded_second_load_reads_cache(embedded, monkeypatch):
     assert (models.embedded_path("smollm2-135m") / "model.safetensors").exists()
-    def no_gguf(name):
+    def no_gguf(*a):
         raise AssertionError("the GGUF was dequantised again")
     monkeypatch.setattr(models, "_embedded_gguf", no_gguf)
     m2 = load_model("smollm2-135m")
@@ -96,7 +96,7 @@ def test_fingerprint_tracks_weights():
 
 def test_list_models_embedded_first(embedded):
     ms = models.list_models()
-    assert [m["name"] for m in ms[:2]] == list(models.EMBEDDED)
+    assert [m["name"] for m in ms[:len(models.EMBEDDED)]] == list(models.EMBEDDED)
     assert ms[0]["cached"] and ms[0]["installed"]
 
 
@@ -128,3 +128,69 @@ def test_explicit_device_map_with_offload(tmp_path, byte_tokenizer, tiny_llama):
     with torch.no_grad(): other.model.layers[3].mlp.down_proj.weight[0, 0] += 1.0
     other.save_pretrained(tmp_path / "b"); byte_tokenizer().save_pretrained(tmp_path / "b")
     assert load_model(str(tmp_path / "b"), device_map=dm, progress=False).fingerprint != off.fingerprint
+
+
+def _prepare_in_subprocess(cache, out):
+    "Start `depthstudy trace` in a fresh process preparing the embedded model into `cache`; returns the Popen."
+    import subprocess, sys
+    env = dict(os.environ, DEPTHSTUDY_CACHE=str(cache))
+    code = ("import sys; from depthstudy.models import load_model; from depthstudy.trace import collect; "
+            "m = load_model(progress=False); a = collect(m, ['The capital of France is'], cache=False, progress=False); "
+            "import torch; torch.save(a.resid, sys.argv[1])")
+    return subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_one_empty_cache(tmp_path):
+    """Two processes load the embedded model into one empty cache at the same time: both succeed, with identical
+    activations, and the cache holds one complete, verified copy (no leftover build folders)."""
+    cache = tmp_path / "cache"
+    procs = [_prepare_in_subprocess(cache, tmp_path / f"r{k}.pt") for k in (1, 2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, o in zip(procs, outs): assert p.returncode == 0, o[-3000:]
+    a, b = (torch.load(tmp_path / f"r{k}.pt") for k in (1, 2))
+    assert torch.equal(a, b)
+    target = cache / "models" / "smollm2-135m"
+    assert models.verify_prepared(target) is None
+    assert [p.name for p in (cache / "models").iterdir() if p.is_dir()] == ["smollm2-135m"]
+
+
+def _flip(path, offset, n=4096):
+    with open(path, "r+b") as f:
+        f.seek(offset); data = f.read(n); f.seek(offset); f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.slow
+def test_damaged_copy_is_rebuilt_and_never_served(tmp_path, monkeypatch):
+    """A truncated and a byte-flipped copy of the embedded model are detected on load and rebuilt (with a warning);
+    activations computed before the damage are served again, and none is ever computed from the damaged copy."""
+    monkeypatch.setenv("DEPTHSTUDY_CACHE", str(tmp_path / "cache"))
+    m = load_model(progress=False)
+    prompts = ["The capital of France is", "Two plus two is"]
+    good = collect(m, prompts, progress=False)                 # computed and cached under the good fingerprint
+    weights = models.embedded_path("smollm2-135m") / "model.safetensors"
+    size = weights.stat().st_size
+
+    # 1. truncated: the size gives it away
+    with open(weights, "r+b") as f: f.truncate(size // 2)
+    assert "truncated" in models.verify_prepared(weights.parent)
+    with pytest.warns(UserWarning, match="cannot be used.*rebuilding"):
+        m2 = load_model(progress=False)
+    assert weights.stat().st_size == size and models.verify_prepared(weights.parent) is None
+
+    # 2. 4 KB flipped in the middle of the weights: same size, the checksum gives it away
+    _flip(weights, size // 2)
+    assert "checksum" in models.verify_prepared(weights.parent)
+    with pytest.warns(UserWarning, match="cannot be used.*rebuilding"):
+        m3 = load_model(progress=False)
+    assert models.verify_prepared(weights.parent) is None
+    assert m3.fingerprint == m2.fingerprint == m.fingerprint
+    fresh = collect(m3, prompts, cache=False, progress=False)  # computed from the rebuilt copy
+    torch.testing.assert_close(fresh.resid, good.resid, atol=0, rtol=0)
+    served = collect(m3, prompts, progress=False)               # from the activation cache
+    torch.testing.assert_close(served.resid, good.resid, atol=0, rtol=0)
+    # an unchanged copy is not hashed again: its size, times and inode match the last check
+    calls = []
+    monkeypatch.setattr(models, "_sha256", lambda p: calls.append(p) or "x")
+    assert models.verify_prepared(weights.parent) is None and calls == []
