@@ -64,8 +64,11 @@ class ActivationCache:
         p = self.path(key); p.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"checksum": _checksum(tensors)})
-        os.replace(tmp, p)
+        try:
+            save_file(tensors, str(tmp), metadata={"checksum": _checksum(tensors)})
+            os.replace(tmp, p)                 # readers see the old entry or the new one, never half of one
+        finally:
+            tmp.unlink(missing_ok=True)        # an interrupted or failed write leaves nothing behind
         return p
 
     def info(self) -> dict:
