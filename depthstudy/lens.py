@@ -13,6 +13,7 @@ from .models import Model
 from .tasks import MCItem, Template, template_for
 from .results import tidy, bootstrap_ci
 from .remote import run_batches
+from .cache import ActivationCache
 
 # %% auto #0
 __all__ = ['tokenize_mc', 'mc_scores', 'mc_scores_reference', 'mc_metrics', 'lens_mc']
@@ -165,7 +166,7 @@ def _normed(n_layers: int, final_norm: bool, faithful: bool) -> list:
 
 def mc_scores(model: Model, items, template: Template | None = None, final_norm: bool = True, faithful: bool = False,
               length_norm: bool = False, batch_size: int = 8, share_prompt: bool = False, remote=None,
-              progress: bool = True) -> list:
+              cache: bool | ActivationCache = True, progress: bool = True) -> list:
     """Logit-lens score of every choice of every item at every layer.
 
     Args: `model`; `items` (`MCItem`s); `template` (`None`: `template_for(item.task)`); `final_norm` (decode
@@ -173,7 +174,9 @@ def mc_scores(model: Model, items, template: Template | None = None, final_norm:
     before the last layer, the norm at layer L; overrides `final_norm`); `length_norm` (mean instead of sum of the
     answer tokens' log-probs); `batch_size` (items per pass); `share_prompt` (run each item's shared prompt once and keep
     its KV cache; local runs only; off by default, see above); `remote` (overrides
-    `model.remote`); `progress`.
+    `model.remote`); `cache` (True: each item's per-layer answer log-probs go to the activation cache as soon as
+    its batch finishes, so a repeated or interrupted call computes only the items not yet cached; or an
+    `ActivationCache`, whose `hits`/`misses` then count items read and computed; False: no cache); `progress`.
     Returns a list (one per item) of float32 tensors `[n_choices, L + 1]`; column `l` decodes `h[l]`.
     Example: `mc_scores(m, factual(n=4))[0].shape` -> `(5, 31)`.
     """
@@ -185,17 +188,25 @@ def mc_scores(model: Model, items, template: Template | None = None, final_norm:
         raise ValueError("share_prompt=True keeps a KV cache between two passes and runs locally only; "
                          "use share_prompt=False (the default)")
     td = tokenize_mc(model.tokenizer, items, template)
+    for i, d in enumerate(td): model.check_length(max(map(len, d["fulls"])), f"item {i} (prompt + its longest choice)")
     normed = _normed(model.n_layers, final_norm, faithful)
-    order = sorted(range(len(items)), key=lambda i: max(len(f) for f in td[i]["fulls"]))  # less padding
-    res = [None] * len(items)
-    bar = tqdm(total=len(items), desc=f"lens {model.name}", disable=not progress)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        for i, per in zip(idx, _run_batch(model, [td[i] for i in idx], normed, share_prompt, remote)):
-            res[i] = torch.stack([x.mean(1) if length_norm else x.sum(1) for x in per], 0).float()
+    exact = _exact(model)
+    store = cache if isinstance(cache, ActivationCache) else (ActivationCache() if cache else None)
+    keys = [store.key(model.fingerprint, kind="lens_mc", prompt=d["prompt"], fulls=d["fulls"], normed=normed, exact=exact)
+            if store else None for d in td]
+    per = [store.get(k) if store else None for k in keys]          # {"c<j>": [L+1, answer tokens of choice j]}
+    todo = [i for i, p in enumerate(per) if p is None]
+    todo.sort(key=lambda i: max(len(f) for f in td[i]["fulls"]))    # similar lengths together: less padding
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lens {model.name}", disable=not progress)
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s:s + batch_size]
+        for i, lp in zip(idx, _run_batch(model, [td[i] for i in idx], normed, share_prompt, remote)):
+            per[i] = {f"c{j}": x.contiguous() for j, x in enumerate(lp)}
+            if store: store.put(keys[i], per[i])                     # kept at once: an interrupted run resumes here
         bar.update(len(idx))
     bar.close()
-    return res
+    return [torch.stack([p[f"c{j}"].mean(1) if length_norm else p[f"c{j}"].sum(1) for j in range(len(td[i]["fulls"]))],
+                        0).float() for i, p in enumerate(per)]
 
 # %% ../nbs/03_lens.ipynb #e97d0c1b
 def mc_scores_reference(hf_model, tokenizer, items, template: Template | None = None, faithful: bool = True,

@@ -45,7 +45,7 @@ def ref(embedded64, items20):
 
 def test_faithful_matches_reference_on_real_items(embedded64, embedded, items20, ref):
     ref = ref[True]
-    fast = mc_scores(embedded64, items20, Q_A, faithful=True, progress=False)
+    fast = mc_scores(embedded64, items20, Q_A, faithful=True, cache=False, progress=False)
     assert len(fast) == len(ref) == len(items20)
     for f, r, it in zip(fast, ref, items20):
         assert f.shape == r.shape == (len(it.choices), embedded64.n_layers + 1)
@@ -53,14 +53,14 @@ def test_faithful_matches_reference_on_real_items(embedded64, embedded, items20,
     np.testing.assert_array_equal(mc1(fast, items20), mc1(ref, items20))
     # the model as it is used (float32): batching and padding change the hidden states' rounding (~1e-7 relative),
     # which un-normed deep layers turn into a few 1e-4 absolute; MC1 stays identical
-    fast = mc_scores(embedded, items20, Q_A, faithful=True, progress=False)
+    fast = mc_scores(embedded, items20, Q_A, faithful=True, cache=False, progress=False)
     for f, r in zip(fast, ref):
         torch.testing.assert_close(f, r, atol=1e-4, rtol=1e-5)
     np.testing.assert_array_equal(mc1(fast, items20), mc1(ref, items20))
 
 
 def test_default_differs_from_reference_only_by_the_final_norm(embedded64, items20, ref):
-    fast = mc_scores(embedded64, items20[:6], Q_A, progress=False)      # final_norm=True, the default
+    fast = mc_scores(embedded64, items20[:6], Q_A, cache=False, progress=False)      # final_norm=True, the default
     normed_ref, raw_ref = ref[False], ref[True][:6]
     for f, n, r in zip(fast, normed_ref, raw_ref):
         torch.testing.assert_close(f, n, atol=1e-4, rtol=0)
@@ -82,14 +82,14 @@ def tiny_items():
 
 def test_shared_prompt_batching_and_length_norm_do_not_change_scores(tiny):
     items = tiny_items()
-    a = mc_scores(tiny, items, Template(), progress=False)
-    b = mc_scores(tiny, items, Template(), share_prompt=True, batch_size=1, progress=False)
+    a = mc_scores(tiny, items, Template(), cache=False, progress=False)
+    b = mc_scores(tiny, items, Template(), share_prompt=True, batch_size=1, cache=False, progress=False)
     ref = mc_scores_reference(tiny.hf, tiny.tokenizer, items, Template(), faithful=False)
     for x, y, r in zip(a, b, ref):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
         torch.testing.assert_close(x, r.float(), atol=1e-5, rtol=0)
     # the mean over answer tokens: sum divided by the number of answer tokens of each choice
-    m = mc_scores(tiny, items, Template(), length_norm=True, progress=False)
+    m = mc_scores(tiny, items, Template(), length_norm=True, cache=False, progress=False)
     td = tokenize_mc(tiny.tokenizer, items, Template())
     for x, s, d in zip(m, a, td):
         n_tok = torch.tensor([len(f) - len(d["prompt"]) for f in d["fulls"]], dtype=torch.float32)
@@ -99,8 +99,8 @@ def test_shared_prompt_batching_and_length_norm_do_not_change_scores(tiny):
 
 def test_remote_local_gives_the_same_numbers(embedded, items20):
     items = items20[:4]
-    local = mc_scores(embedded, items, faithful=True, progress=False)
-    sim = mc_scores(embedded, items, faithful=True, remote="local", progress=False)
+    local = mc_scores(embedded, items, faithful=True, cache=False, progress=False)
+    sim = mc_scores(embedded, items, faithful=True, remote="local", cache=False, progress=False)
     for x, y in zip(local, sim):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
 
@@ -133,10 +133,54 @@ def test_mc_metrics_against_hand_computation():
 
 
 def test_bad_input_is_refused_clearly(tiny):
-    with pytest.raises(ValueError, match="at least one item"): mc_scores(tiny, [], progress=False)
-    with pytest.raises(ValueError, match="batch_size"): mc_scores(tiny, tiny_items(), batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="at least one item"): mc_scores(tiny, [], cache=False, progress=False)
+    with pytest.raises(ValueError, match="batch_size"): mc_scores(tiny, tiny_items(), batch_size=0, cache=False, progress=False)
     with pytest.raises(ValueError, match="share_prompt"):
-        mc_scores(tiny, tiny_items(), Template(), share_prompt=True, remote="local", progress=False)
+        mc_scores(tiny, tiny_items(), Template(), share_prompt=True, remote="local", cache=False, progress=False)
     one = MCItem("the cat sat on", ["the mat", ""], [0], "toy")
     with pytest.raises(ValueError, match="adds no token"): tokenize_mc(tiny.tokenizer, [one], Template(fmt="{question}", choice_fmt="{choice}"))
     with pytest.raises(ValueError, match="items"): mc_metrics([np.zeros((3, 4))], tiny_items())
+
+
+def _cache_with_models(root, embedded):
+    "A fresh cache folder (empty activation store) that reuses the prepared embedded model through a link."
+    from depthstudy.models import embedded_path
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "smollm2-135m").symlink_to(embedded_path("smollm2-135m"))
+    return root
+
+
+@pytest.mark.slow
+def test_interrupted_lens_run_resumes_with_only_the_missing_items(embedded, tmp_path):
+    """SIGINT to a real `depthstudy mc --mode lens` process: it stops with status 130 and keeps every finished batch;
+    the re-run computes only the missing items (the kept entries are not rewritten) and writes the same CSV as an
+    uninterrupted run."""
+    import os, signal, subprocess, sys, time
+    import pandas as pd
+    exe = [sys.executable, "-c", "import sys; from depthstudy.cli import main; sys.exit(main())"]
+    argv = ["mc", "--task", "facts", "--n", "40", "--mode", "lens"]
+    env = lambda root: dict(os.environ, DEPTHSTUDY_CACHE=str(_cache_with_models(root, embedded)), PYTHONUNBUFFERED="1")
+    acts = tmp_path / "a" / "acts"
+    entries = lambda: {p.name: p.stat().st_ino for p in acts.glob("*/*.safetensors")} if acts.exists() else {}
+    e1 = env(tmp_path / "a")
+    p = subprocess.Popen(exe + argv + ["--out", str(tmp_path / "resumed.csv")], env=e1, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while len(entries()) < 8 and p.poll() is None and time.time() - t < 600: time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be interrupted: give it more items"
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+    kept = entries()
+    assert 8 <= len(kept) < 40 and not (tmp_path / "resumed.csv").exists()
+    assert not list(acts.rglob("*.tmp")), "an interrupted write left a temporary file"
+    r = subprocess.run(exe + argv + ["--out", str(tmp_path / "resumed.csv")], env=e1, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = entries()
+    assert len(after) == 40
+    assert {k: after[k] for k in kept} == kept, "entries computed before the interruption were computed again"
+    r = subprocess.run(exe + argv + ["--out", str(tmp_path / "straight.csv")], env=env(tmp_path / "b"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = pd.read_csv(tmp_path / "resumed.csv"), pd.read_csv(tmp_path / "straight.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
