@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_residual.ipynb #7a352376
 from __future__ import annotations
-import json, os, re
+import os
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -12,35 +12,10 @@ import torch
 import nnsight
 from tqdm.auto import tqdm
 from .results import tidy
-from .tasks import find_data, TaskDataMissing
+from .tasks import corpus_texts, gsm8k_texts   # gsm8k_texts lives in tasks; imported here so `from depthstudy.residual import gsm8k_texts` keeps working
 
 # %% auto #0
-__all__ = ['CONTRIB_METRICS', 'gsm8k_texts', 'real_positions', 'contributions', 'logit_lens_depth']
-
-# %% ../nbs/05_residual.ipynb #0c941762
-def gsm8k_texts(path=None, n: int | None = 20, start: int = 0, data_dir=None) -> list[str]:
-    """GSM8K test items as `"Question: ...\\nAnswer: ..."` texts with the gold solution (calculator
-    annotations `<<...>>` stripped, final `#### N` line kept).
-
-    Args: `path` to `test.jsonl`, else `gsm8k/test.jsonl` in the data folder (`data_dir`, else
-    `$DEPTHSTUDY_DATA`; see `depthstudy.tasks.find_data`); `n` items (None: all) from item `start`.
-    A missing file raises `TaskDataMissing` (a `FileNotFoundError`) saying where to get it and what to set.
-    Example: `gsm8k_texts(n=2)[0].startswith("Question: Janet")`.
-    """
-    if path is None: path = find_data("gsm8k/test.jsonl", data_dir)
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise TaskDataMissing(f"GSM8K file not found at {path}: pass the path of GSM8K's test.jsonl, or set "
-                              "DEPTHSTUDY_DATA to the folder holding gsm8k/test.jsonl")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i < start or not line.strip(): continue
-            if n is not None and len(out) >= n: break
-            d = json.loads(line)
-            ans = re.sub(r"<<[^>]*>>", "", d["answer"])
-            out.append(f"Question: {d['question'].strip()}\nAnswer: {ans.strip()}")
-    return out
+__all__ = ['CONTRIB_METRICS', 'real_positions', 'contributions', 'logit_lens_depth']
 
 # %% ../nbs/05_residual.ipynb #ce644c9e
 _FEATS = ["nh", "na", "nm", "nha", "nam", "dah", "dmha", "damh"]
@@ -90,7 +65,17 @@ def _ratio_ci(sums, counts, n_boot=1000, seed=0, level=0.95):
     a = (1 - level) / 2
     return np.quantile(boots, a, axis=0), np.quantile(boots, 1 - a, axis=0)
 
-def contributions(model, texts=None, batch_size: int = 8, task: str = "gsm8k", n_boot: int = 1000,
+def _texts_and_task(texts, task, what):
+    "The texts to run and the `task` label: `texts` ('gsm8k' unless told), else `corpus_texts(n=20)` (GSM8K or generated)."
+    if texts is None:
+        c = corpus_texts(n=20)
+        return list(c.texts), task or c.task
+    if isinstance(texts, str): texts = [texts]
+    texts = list(texts)
+    if not texts: raise ValueError(f"{what} needs at least one text")
+    return texts, task or "gsm8k"
+
+def contributions(model, texts=None, batch_size: int = 8, task: str | None = None, n_boot: int = 1000,
                   progress: bool = True) -> pd.DataFrame:
     """Per-layer relative contributions and cosines of the attention, MLP and whole-block updates.
 
@@ -99,13 +84,11 @@ def contributions(model, texts=None, batch_size: int = 8, task: str = "gsm8k", n
     and absolute mean norms `norm_h`, `norm_a`, `norm_m`. Returns a tidy table with `stat` = "mean"
     (token-weighted over ALL texts; bootstrap CI over texts) and "max" (over all tokens); `n` = tokens.
 
-    Args: `texts` (default `gsm8k_texts(n=20)`), `batch_size` texts per trace.
+    Args: `texts` (default `corpus_texts(n=20)`: GSM8K where found, else generated word problems), `batch_size`
+    texts per trace, `task` (the label in the table; default 'gsm8k', or 'word-problems' for generated default texts).
     Example: `contributions(m, gsm8k_texts(n=4)).query("metric == 'block_rel' and stat == 'mean'")`.
     """
-    if texts is None: texts = gsm8k_texts(n=20)
-    if isinstance(texts, str): texts = [texts]
-    texts = list(texts)
-    if not texts: raise ValueError("contributions needs at least one text")
+    texts, task = _texts_and_task(texts, task, "contributions")
     L, K = model.n_layers, len(CONTRIB_METRICS)
     sums, maxs, counts = np.zeros((len(texts), L, K)), np.full((len(texts), L, K), -np.inf), np.zeros(len(texts))
     for s in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="contributions"):
@@ -151,18 +134,16 @@ def _lens_features(model, enc, k):
                 out.append(torch.stack([kl, ov], -1).cpu())
     return torch.stack(list(out), 2)
 
-def logit_lens_depth(model, texts=None, k: int = 5, batch_size: int = 4, task: str = "gsm8k",
+def logit_lens_depth(model, texts=None, k: int = 5, batch_size: int = 4, task: str | None = None,
                      n_boot: int = 1000, progress: bool = True) -> pd.DataFrame:
     """Per `h[l]` (l = 0..L): mean over real tokens (position 0 excluded) of `KL(p_l || p_final)` (metric
     "kl_final", nats) and of the fraction of the final top-`k` tokens found in the layer's top-`k`
     ("topk_overlap"), where `p_l = softmax(head(norm(h[l])))`. Tidy, `stat` = "mean", bootstrap CI over texts.
 
+    `texts` and `task` default as in `contributions` (`corpus_texts(n=20)`, never failing for missing data).
     Example: `logit_lens_depth(m, gsm8k_texts(n=4), k=5)`.
     """
-    if texts is None: texts = gsm8k_texts(n=20)
-    if isinstance(texts, str): texts = [texts]
-    texts = list(texts)
-    if not texts: raise ValueError("logit_lens_depth needs at least one text")
+    texts, task = _texts_and_task(texts, task, "logit_lens_depth")
     if not 1 <= k <= model.vocab_size: raise ValueError(f"k must be in 1..{model.vocab_size}, got {k}")
     L = model.n_layers
     sums, counts = np.zeros((len(texts), L + 1, 2)), np.zeros(len(texts))

@@ -274,7 +274,7 @@ def skip_raw(model, texts, mode="block", variant="future", n_t=4, seed=0, layers
 
 # %% ../nbs/06_skip.ipynb #00892b4a
 def skip_effects(model, texts=None, mode: str = "block", variant: str = "future", n_t: int = 4, seed: int = 0,
-                 layers=None, batch_size: int = 32, per_item: bool = False, task: str = "gsm8k",
+                 layers=None, batch_size: int = 32, per_item: bool = False, task: str | None = None,
                  n_boot: int = 1000, progress: bool = True, engine: str = "auto") -> pd.DataFrame:
     """Effect of skipping each layer on every later layer's update and on the output (Csordás et al. 2025).
 
@@ -284,11 +284,14 @@ def skip_effects(model, texts=None, mode: str = "block", variant: str = "future"
     copies of a text share one pass); `per_item`: one row per text (column `item`) instead of aggregates;
     `engine` "auto" | "direct" | "nnsight" (see `skip_raw`; the numbers agree). Returns tidy rows: metric "skip_effect" (`layer` skipped, `layer_b`/`rel_depth_b` measured, `layer_b >
     layer`) and "skip_output"; `stat` "max" (over positions, t, texts) and "mean" (token-weighted, CI over texts).
+    `texts` default: `corpus_texts(n=20)` (GSM8K where found, else generated word problems; `task` then labels which).
     Example: `skip_effects(m, gsm8k_texts(n=4), mode="block", variant="future")`.
     """
     if texts is None:
-        from depthstudy.residual import gsm8k_texts
-        texts = gsm8k_texts(n=20)
+        from depthstudy.tasks import corpus_texts
+        c = corpus_texts(n=20)
+        texts, task = c.texts, task or c.task
+    task = task or "gsm8k"
     raw = skip_raw(model, texts, mode=mode, variant=variant, n_t=n_t, seed=seed, layers=layers,
                    batch_size=batch_size, progress=progress, engine=engine)
     L, layers = model.n_layers, raw["layers"]

@@ -4,16 +4,18 @@
 
 # %% ../nbs/02_tasks.ipynb #e72786e0
 from __future__ import annotations
-import ast, csv, hashlib, json, os, random, re
+import ast, csv, difflib, hashlib, importlib.util, io, json, numbers, os, random, re, socket, string, threading, urllib.parse
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['CALC_OPS', 'XMPS_LANGS', 'RELATIONS', 'FACTS', 'TASKS', 'TEMPLATES', 'TaskDataError', 'TaskDataMissing', 'MCItem',
-           'Template', 'near_numbers', 'calculation', 'data_dir', 'find_data', 'mps_cal', 'xmps_cal', 'safe_eval',
-           'perturb_solution', 'mps_rea', 'reclor', 'truthfulqa', 'lama', 'factual', 'arithmetic_chains',
-           'multihop_facts', 'gsm8k_by_steps', 'mquake', 'math_dataset', 'generic', 'load_task', 'template_for']
+           'Template', 'near_numbers', 'calculation', 'data_dir', 'find_data', 'data_source', 'mps_cal', 'xmps_cal',
+           'safe_eval', 'perturb_solution', 'mps_rea', 'reclor', 'truthfulqa', 'lama', 'factual', 'arithmetic_chains',
+           'multihop_facts', 'gsm8k_by_steps', 'gsm8k_texts', 'word_problems', 'Corpus', 'corpus_texts', 'mquake',
+           'math_dataset', 'generic', 'load_task', 'template_for']
 
 # %% ../nbs/02_tasks.ipynb #9c4c1aec
 class TaskDataError(ValueError):
@@ -21,6 +23,13 @@ class TaskDataError(ValueError):
 
 class TaskDataMissing(FileNotFoundError):
     "A task file is not where it was looked for; the message says how to get it."
+
+def _check_n(n):
+    "`n` as an int (None stays None); anything but a positive whole number raises a ValueError saying what to pass."
+    if n is None: return None
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive number of items (or None for all), got {n!r}")
+    return int(n)
 
 @dataclass
 class MCItem:
@@ -50,6 +59,23 @@ class MCItem:
             h = hashlib.sha1(json.dumps([self.task, self.question, self.choices, self.correct]).encode()).hexdigest()[:12]
             self.id = f"{self.task}/{h}"
 
+    def validate(self) -> MCItem:
+        """Raise `ValueError` if a choice is empty (or only spaces) or two choices are the same; else return the item.
+
+        Loaders of hand-made files (`generic`) call it; construction does not, because a published
+        set may repeat a choice (MPS-Cal, see below) and is scored as published.
+        Example: `MCItem("q", ["a", " a"], [0], "t").validate()` -> ValueError (choices 0 and 1 are the same)."""
+        for k, c in enumerate(self.choices):
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"item {self.id!r}: choice {k} is empty ({c!r}); every choice needs text, so fill it in or remove it")
+        seen = {}
+        for k, c in enumerate(self.choices):
+            if c.strip() in seen:
+                raise ValueError(f"item {self.id!r}: choices {seen[c.strip()]} and {k} are the same ({c.strip()!r}); "
+                                 "each choice must be distinct, so remove the repeat")
+            seen[c.strip()] = k
+        return self
+
     @property
     def best(self) -> str: "The best true choice (`choices[correct[0]]`)."; return self.choices[self.correct[0]]
     @property
@@ -62,20 +88,60 @@ class MCItem:
         return 1.0 / (1 + len(self.false_choices))
 
 # %% ../nbs/02_tasks.ipynb #141bdc4c
+def _format_fields(s: str, what: str) -> list:
+    "Field names of format string `s` (the Template's `what`); a ValueError for stray braces and unnamed or nested fields."
+    try: parts = list(string.Formatter().parse(s))
+    except ValueError as e:
+        raise ValueError(f"Template {what} {s!r} is not a valid format string ({e}): write {{{{ or }}}} for a literal brace") from None
+    names = []
+    for _, name, spec, _ in parts:
+        if name is None: continue
+        if not name.isidentifier():
+            raise ValueError(f"Template {what} {s!r} has the field {{{name}}}: use named fields such as {{question}} "
+                             "(write {{ or }} for a literal brace)")
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(f"Template {what} {s!r}: nested fields such as {{{name}:{spec}}} are not supported")
+        names.append(name)
+    return names
+
 @dataclass
 class Template:
     """Turns an item into a prompt and each choice into a continuation.
 
-    Args: `header` (few-shot text put before the question), `fmt` (format string with
-    `{question}` and any `item.meta` key), `choice_fmt` (format string with `{choice}`).
+    Args: `header` (few-shot text put before the question, copied as it is), `fmt` (format string
+    with `{question}` and any `item.meta` key), `choice_fmt` (format string with `{choice}` only).
+    Bad format strings raise `ValueError` at construction; a field an item lacks, at `prompt()`.
     Example: `Template().prompt(item)` -> 'Q: What is 2 + 2?\\nA:'; `Template().continuation('4')` -> ' 4'."""
     header: str = ""
     fmt: str = "Q: {question}\nA:"
     choice_fmt: str = " {choice}"
 
+    def __post_init__(self):
+        for what in ("header", "fmt", "choice_fmt"):
+            v = getattr(self, what)
+            if not isinstance(v, str): raise ValueError(f"Template {what} must be a string, got {type(v).__name__}")
+        if "choice" in _format_fields(self.fmt, "fmt"):
+            raise ValueError(f"Template fmt {self.fmt!r} uses {{choice}}: the choice goes in choice_fmt (e.g. ' {{choice}}'), fmt holds the prompt")
+        ch = _format_fields(self.choice_fmt, "choice_fmt")
+        other = [f for f in ch if f != "choice"]
+        if other or "choice" not in ch:
+            raise ValueError(f"Template choice_fmt {self.choice_fmt!r} " + (f"uses {{{other[0]}}}; it may only use {{choice}}" if other
+                             else "has no {choice}") + ", the place of the choice text (e.g. ' {choice}')")
+        try: named = [f for f in _format_fields(self.header, "header") if f in ("question", "choice")]
+        except ValueError: named = []                       # other braces in a header are plain text
+        if named:
+            raise ValueError(f"Template header {self.header[:60]!r} contains {{{named[0]}}}, but the header is copied as it is, "
+                             f"not filled in: put {{{named[0]}}} in {'fmt' if named[0] == 'question' else 'choice_fmt'}")
+
     def prompt(self, item: MCItem) -> str:
         "The text the model reads before a choice: header + fmt filled from the item."
-        return self.header + self.fmt.format(**{**item.meta, "question": item.question})
+        try: return self.header + self.fmt.format(**{**item.meta, "question": item.question})
+        except KeyError as e:
+            name, have = str(e.args[0]), ["question"] + [str(k) for k in item.meta if k != "question"]
+            near = difflib.get_close_matches(name, have, 1)
+            raise ValueError(f"Template fmt {self.fmt!r} uses {{{name}}}, but item {item.id!r} has no such field"
+                             + (f" (did you mean {{{near[0]}}}?)" if near else "")
+                             + f"; fields available: {', '.join(have)} (question plus the item's meta keys)") from None
 
     def continuation(self, choice: str) -> str:
         "The text whose log-probability is scored for one choice."
@@ -152,14 +218,15 @@ def _eval_chain(nums, syms):
     terms.append(cur)
     return sum(sg * t for sg, t in zip(signs, terms))
 
-def calculation(op: str = "add", digits=(1, 2), n: int = 100, seed: int = 0, kind: str = "int", n_distractors: int = 4) -> list:
+def calculation(op: str = "add", digits=(1, 2), n: int | None = 100, seed: int = 0, kind: str = "int", n_distractors: int = 4) -> list:
     """`n` arithmetic items "What is a + b?" with `n_distractors` near-miss distractors.
 
     Args: `op` in add, sub, mul, div, mix2 (two of + - *), mix3 (three of + - *);
     `digits` = (min, max) digits per operand, e.g. (1,2), (3,4), (5,6); `kind` "int" or
     "float" (operands with one decimal; results exact). `sub` keeps a >= b; `div` builds
-    a = b * q so the quotient is exact. Deterministic per (op, digits, kind, seed).
+    a = b * q so the quotient is exact. Deterministic per (op, digits, kind, seed); `n` >= 1 (None: 100).
     Example: `calculation("add", (1, 2), n=2)[0].question` -> 'What is 58 + 7?' (say)."""
+    n = 100 if n is None else _check_n(n)
     if op not in CALC_OPS: raise ValueError(f"op must be one of {CALC_OPS}, got {op!r}")
     if kind not in ("int", "float"): raise ValueError(f"kind must be 'int' or 'float', got {kind!r}")
     digits = tuple(int(d) for d in digits)
@@ -208,27 +275,141 @@ _WHERE = {
 for _l in ("Spanish", "French", "Chinese", "Thai"):
     _WHERE[f"seed000/gsm8k_cal_mc_{_l}.json"] = "the xMPS-Cal files of Chen et al. (github.com/nuochenpku/LLaMA_Analysis, data/)"
 
+def _need_fields(records, fields, repo):
+    for k, r in enumerate(records):
+        miss = [f for f in fields if f not in r]
+        if miss: raise ValueError(f"record {k} of {repo} has no field {miss[0]!r} (expected {', '.join(fields)})")
+
+def _write_gsm8k(records, f):
+    "GSM8K hub records (question, answer) -> JSON lines, as grade-school-math's test.jsonl."
+    _need_fields(records, ("question", "answer"), "openai/gsm8k")
+    for r in records: f.write(json.dumps(dict(question=r["question"], answer=r["answer"]), ensure_ascii=False) + "\n")
+
+def _write_truthfulqa(records, f):
+    "TruthfulQA 'generation' hub records -> the columns of TruthfulQA.csv, answer lists joined by '; '."
+    _need_fields(records, ("type", "category", "question", "best_answer", "correct_answers", "incorrect_answers", "source"), "truthfulqa/truthful_qa")
+    w = csv.writer(f)
+    w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
+    for r in records:
+        w.writerow([r["type"], r["category"], r["question"], r["best_answer"], "; ".join(r["correct_answers"]),
+                    "; ".join(r["incorrect_answers"]), r["source"]])
+
+_HUB = {   # data file -> its Hugging Face hub source and the writer that converts the records into the file's format
+    "gsm8k/test.jsonl": dict(repo="openai/gsm8k", config="main", split="test", write=_write_gsm8k),
+    "seed000/TruthfulQA.csv": dict(repo="truthfulqa/truthful_qa", config="generation", split="validation", write=_write_truthfulqa),
+}
+
 def data_dir(data_dir=None) -> Path | None:
     "The data folder: `data_dir` if given, else `$DEPTHSTUDY_DATA`, else None."
     d = data_dir or os.environ.get("DEPTHSTUDY_DATA")
     return Path(d).expanduser() if d else None
 
-def find_data(rel: str, data_dir_=None) -> Path:
-    """Path of data file `rel` (e.g. 'gsm8k/test.jsonl') inside the data folder.
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
-    Looks at `<dir>/<rel>` then `<dir>/<basename>`; raises `TaskDataMissing` saying what to do.
+def _show(p) -> str:
+    "A path for messages, with the home folder written as ~."
+    s, home = str(p), str(Path.home())
+    return "~" + s[len(home):] if home not in ("", "/") and (s == home or s.startswith(home + os.sep)) else s
+
+_REACHABLE = {}   # (host, port) -> bool: the network is checked once per process
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    "Can a TCP connection to host:port be opened within `timeout` s? Name lookup included (it runs in a thread)."
+    ok = []
+    def attempt():
+        try: socket.create_connection((host, port), timeout=timeout).close(); ok.append(True)
+        except OSError: pass
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start(); t.join(timeout)
+    return bool(ok)
+
+def _hub_status() -> str | None:
+    "None when the hub step may run; else why it is skipped (a switch, no `datasets`, no network)."
+    if _env_on("DEPTHSTUDY_NO_HUB"): return "disabled by DEPTHSTUDY_NO_HUB"
+    for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if _env_on(v): return f"skipped, {v} is set"
+    if importlib.util.find_spec("datasets") is None: return "skipped, the datasets package is not installed"
+    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    u = urllib.parse.urlparse(url if "://" in url else "https://" + url)
+    host, port = u.hostname or "huggingface.co", u.port or (80 if u.scheme == "http" else 443)
+    if (host, port) not in _REACHABLE: _REACHABLE[(host, port)] = _reachable(host, port)
+    return None if _REACHABLE[(host, port)] else f"skipped, no network ({host}:{port} not reachable within 3 s)"
+
+def _hub_records(repo: str, config: str, split: str) -> list:
+    "Rows of one split of a hub data set, as dicts: the one place that calls `datasets.load_dataset`."
+    import datasets
+    return [dict(r) for r in datasets.load_dataset(repo, config, split=split)]
+
+def _fetch_hub(rel: str, out: Path) -> Path:
+    "Download `rel`'s hub source once and write it, converted to the local format, to `out` (atomically)."
+    h = _HUB[rel]
+    records = _hub_records(h["repo"], h["config"], h["split"])
+    if not records: raise ValueError(f"{h['repo']} ({h['config']}, {h['split']}) is empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f: h["write"](records, f)
+        os.replace(tmp, out)
+    finally: tmp.unlink(missing_ok=True)
+    return out
+
+def _locate(rel: str, data_dir_=None):
+    """(path or None, source label, places looked at) for data file `rel`: the given folder, else
+    $DEPTHSTUDY_DATA, then the hub (cache, else a download where possible). Each place is (where, note)."""
+    looked = []
+    given = data_dir_ is not None and str(data_dir_) != ""
+    d, label = (Path(data_dir_).expanduser(), "data_dir") if given else (data_dir(), "DEPTHSTUDY_DATA")
+    if d is None: looked.append(("no data folder", "data_dir not given and DEPTHSTUDY_DATA not set"))
+    else:
+        cands = list(dict.fromkeys([d / rel, d / Path(rel).name]))
+        for p in cands:
+            if p.is_file(): return p, label, looked
+        looked.append((f"{label} ({', '.join(_show(p) for p in cands)})", "not there"))
+    h = _HUB.get(rel)
+    if h is None:
+        looked.append(("Hugging Face hub", "no copy of this file there")); return None, "missing", looked
+    src = f"Hugging Face hub ({h['repo']})"
+    if _env_on("DEPTHSTUDY_NO_HUB"):
+        looked.append((src, "disabled by DEPTHSTUDY_NO_HUB")); return None, "missing", looked
+    from depthstudy.models import cache_dir
+    cached = cache_dir("data", rel)
+    if cached.is_file(): return cached, f"hub cache: {h['repo']}", looked
+    try: why = _hub_status()
+    except Exception as e: why = f"skipped, the network check failed ({type(e).__name__}: {e})"   # e.g. a malformed HF_ENDPOINT
+    if why: looked.append((src, why)); return None, "missing", looked
+    try: _fetch_hub(rel, cached)
+    except Exception as e:                                   # any failure of the optional step: report it, never raise it
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        looked.append((src, f"download failed ({type(e).__name__}{': ' + msg if msg else ''})")); return None, "missing", looked
+    return cached, f"hub cache: {h['repo']}", looked
+
+def find_data(rel: str, data_dir_=None) -> Path:
+    """Path of data file `rel` (e.g. 'gsm8k/test.jsonl'): in the folder `data_dir_`, else `$DEPTHSTUDY_DATA`
+    (at `<dir>/<rel>`, then `<dir>/<basename>`), else from the Hugging Face hub cache (fetched once where possible).
+
+    Raises `TaskDataMissing` listing every place looked at and what to do.
     Example: `find_data('seed000/TruthfulQA.csv', '/work/shared/data')`."""
-    d = data_dir(data_dir_)
-    tried = []
-    if d is not None:
-        for p in (d / rel, d / Path(rel).name):
-            tried.append(str(p))
-            if p.is_file(): return p
-    where = _WHERE.get(rel, "the task's data set")
-    msg = (f"data file {Path(rel).name!r} not found" + (f" (looked at {', '.join(tried)})" if tried else " (no data folder given)")
-           + f". It is {where}. Put it in a folder and set DEPTHSTUDY_DATA=<folder> (or pass data_dir=...), "
-           f"or call the loader with the file's path.")
-    raise TaskDataMissing(msg)
+    p, _, looked = _locate(rel, data_dir_)
+    if p is not None: return p
+    h = _HUB.get(rel)
+    todo = "put the file in a folder and set DEPTHSTUDY_DATA=<folder> (or pass data_dir=...), or pass the file's path"
+    if h:
+        from depthstudy.models import cache_dir
+        todo += (f"; or, on a machine that reaches huggingface.co, pip install datasets (depthstudy[hub])"
+                 + (" and unset DEPTHSTUDY_NO_HUB" if _env_on("DEPTHSTUDY_NO_HUB") else "")
+                 + f": {h['repo']} is then fetched once into {_show(cache_dir('data'))}")
+    else: todo += " (it has no Hugging Face source, so it cannot be fetched for you)"
+    raise TaskDataMissing(f"data file {Path(rel).name!r} not found. Looked at: {'; '.join(f'{w}: {n}' for w, n in looked)}. "
+                          f"It is {_WHERE.get(rel, 'the task data set')}. To fix: {todo}.")
+
+def data_source(rel: str, data_dir=None, path=None) -> str:
+    """Where data file `rel` comes from, in words for a lesson to print (no absolute paths): "path given",
+    "data_dir", "DEPTHSTUDY_DATA", "hub cache: <repo>" or "missing". It looks exactly as
+    the loaders do (so it may fetch the file from the hub once).
+    Example: `data_source("gsm8k/test.jsonl")` -> 'DEPTHSTUDY_DATA'."""
+    if path is not None: return "path given" if Path(path).expanduser().is_file() else "missing (path given does not exist)"
+    return _locate(rel, data_dir)[1]
 
 def _check_file(path, what) -> Path:
     p = Path(path).expanduser()
@@ -239,18 +420,47 @@ def _check_file(path, what) -> Path:
 def _bad(path, line, msg):
     return TaskDataError(f"{path}, line {line}: {msg}")
 
-def _read_jsonl(path, required=()) -> list:
-    "[(line_no, dict)] of a JSON-lines file; blank lines skipped; malformed lines raise TaskDataError."
+def _read_text(p) -> str:
+    "The UTF-8 text of file `p` (a byte-order mark dropped); other bytes raise TaskDataError naming line and column."
+    raw = Path(p).read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"): raw = raw[3:]
+    try: return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, col = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise _bad(p, line, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col}); save the file as UTF-8") from None
+
+def _looks_like(text: str) -> str:
+    "What a data file looks like, in words: JSON lines, a JSON list, one JSON object, CSV, TSV, plain text or empty."
+    s = text.lstrip()
+    if not s: return "an empty file"
+    first = s.split("\n", 1)[0].strip()
+    if s[0] == "[": return "a JSON list"
+    if s[0] == "{":
+        try:
+            if isinstance(json.loads(first), dict): return "JSON lines (one object per line)"
+        except json.JSONDecodeError: pass
+        try: return "one JSON object" if isinstance(json.loads(s), dict) else "JSON"
+        except json.JSONDecodeError: return "JSON objects"
+    if "\t" in first: return "TSV (tab-separated)"
+    return "CSV" if "," in first else "plain text"
+
+def _wrong_format(p, expects: str, text: str):
+    return TaskDataError(f"{p}: {expects}, but this file looks like {_looks_like(text)}; check the path (see TASKS for each task's file)")
+
+def _read_jsonl(path, required=(), what="this loader") -> list:
+    "[(line_no, dict)] of a JSON-lines file; blank lines skipped; a wrong format or malformed lines raise TaskDataError."
+    text = _read_text(path)
+    if text.strip() and not text.lstrip().startswith("{"):
+        raise _wrong_format(path, f"{what} expects JSON lines (one JSON object per line" + (f" with {', '.join(required)})" if required else ")"), text)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: row = json.loads(line)
-            except json.JSONDecodeError as e: raise _bad(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict): raise _bad(path, i, f"expected a JSON object, got {type(row).__name__}")
-            miss = [k for k in required if k not in row]
-            if miss: raise _bad(path, i, f"missing field {miss[0]!r} (need {', '.join(required)})")
-            out.append((i, row))
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e: raise _bad(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict): raise _bad(path, i, f"expected a JSON object, got {type(row).__name__}")
+        miss = [k for k in required if k not in row]
+        if miss: raise _bad(path, i, f"missing field {miss[0]!r} (need {', '.join(required)})")
+        out.append((i, row))
     if not out: raise TaskDataError(f"{path}: no records found")
     return out
 
@@ -276,7 +486,7 @@ def mps_cal(path, lang: str | None = None, flatten: bool = True, drop_degenerate
     if lang is not None: return xmps_cal(path, lang, flatten=flatten, drop_degenerate=drop_degenerate)
     p = _check_file(path, "MPS-Cal")
     items = []
-    for i, row in _read_jsonl(p, ("question", "truth_answer", "error")):
+    for i, row in _read_jsonl(p, ("question", "truth_answer", "error"), "mps-cal"):
         truths, errs = _str_list(p, i, row, "truth_answer"), _str_list(p, i, row, "error")
         f = _flat if flatten else (lambda s: s)
         items.append(_mps_item(p, i, row["question"], [f(t) for t in truths], [f(e) for e in errs], "mps-cal", len(items)))
@@ -304,7 +514,7 @@ def xmps_cal(path, lang: str, flatten: bool = True, drop_degenerate: bool = Fals
     task = f"xmps-cal-{[k for k, v in XMPS_LANGS.items() if v == name][0]}"
     f = _flat if flatten else (lambda s: s)
     items = []
-    for i, row in _read_jsonl(p, ("question", "truth_answer", "error", "m_truth_answer")):
+    for i, row in _read_jsonl(p, ("question", "truth_answer", "error", "m_truth_answer"), "xmps-cal"):
         m = row["m_truth_answer"]
         if not isinstance(m, str) or not m.strip(): raise _bad(p, i, "field 'm_truth_answer' is empty or not a string")
         errs = _str_list(p, i, row, "error")
@@ -382,13 +592,15 @@ def perturb_solution(solution: str, step: int, new_value: str) -> str | None:
 # %% ../nbs/02_tasks.ipynb #32dc5f5a
 def _gsm8k_rows(path):
     p = _check_file(path, "GSM8K test.jsonl")
-    rows = _read_jsonl(p, ("question", "answer"))
+    rows = _read_jsonl(p, ("question", "answer"), "GSM8K (test.jsonl)")
     for i, r in rows:
+        if not isinstance(r["question"], str) or not r["question"].strip(): raise _bad(p, i, "field 'question' is empty or not a string")
         if not isinstance(r["answer"], str) or "####" not in r["answer"]:
             raise _bad(p, i, "field 'answer' has no final '#### N' line")
     return p, rows
 
 def _subsample(items, n, seed):
+    n = _check_n(n)
     if n is None or n >= len(items): return list(items)
     idx = sorted(random.Random(seed).sample(range(len(items)), n))
     return [items[i] for i in idx]
@@ -422,8 +634,11 @@ def mps_rea(gsm8k_path, n: int | None = None, seed: int = 0, n_wrong: int = 3, f
     return _subsample(items, n, seed)
 
 # %% ../nbs/02_tasks.ipynb #4b7e64d5
-def _read_json_list(p, required):
-    try: data = json.loads(Path(p).read_text(encoding="utf-8"))
+def _read_json_list(p, required, what="this loader"):
+    text = _read_text(p)
+    if not text.lstrip().startswith("["):
+        raise _wrong_format(p, f"{what} expects a JSON list of records with {', '.join(required)}", text)
+    try: data = json.loads(text)
     except json.JSONDecodeError as e: raise _bad(p, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, list): raise TaskDataError(f"{p}: expected a JSON list of records, got {type(data).__name__}")
     for k, r in enumerate(data):
@@ -437,7 +652,7 @@ def reclor(path) -> list:
     Example: `reclor(f"{DATA}/seed000/reclor_val.json")[0].meta['stem']`."""
     p = _check_file(path, "ReClor")
     items = []
-    for k, r in enumerate(_read_json_list(p, ("context", "question", "answers", "label"))):
+    for k, r in enumerate(_read_json_list(p, ("context", "question", "answers", "label"), "reclor")):
         ans, lab = r["answers"], r["label"]
         if not isinstance(ans, list) or len(ans) < 2: raise TaskDataError(f"{p}: record {k} (0-based) has fewer than 2 answers")
         if not isinstance(lab, int) or not 0 <= lab < len(ans): raise TaskDataError(f"{p}: record {k} (0-based): label {lab!r} out of range for {len(ans)} answers")
@@ -461,7 +676,10 @@ def truthfulqa(path, mc: str = "mc1") -> list:
     if mc not in ("mc1", "mc3"): raise ValueError(f"mc must be 'mc1' or 'mc3', got {mc!r}")
     p = _check_file(path, "TruthfulQA")
     items = []
-    with open(p, encoding="utf-8-sig", newline="") as fh:
+    text = _read_text(p)
+    if _looks_like(text) not in ("CSV", "plain text"):
+        raise _wrong_format(p, "truthfulqa expects TruthfulQA.csv (comma-separated, with columns " + ", ".join(_TQA_COLS) + ")", text)
+    with io.StringIO(text, newline="") as fh:
         rd = csv.DictReader(fh)
         miss = [c for c in _TQA_COLS if c not in (rd.fieldnames or [])]
         if miss: raise _bad(p, 1, f"missing column {miss[0]!r} (header has {rd.fieldnames})")
@@ -483,7 +701,10 @@ def lama(path) -> list:
     Example: `lama(f"{DATA}/seed000/mlama_short.tsv")[0].question` -> 'Michelangelo died in'."""
     p = _check_file(path, "LAMA")
     items = []
-    with open(p, encoding="utf-8-sig", newline="") as fh:
+    text = _read_text(p)
+    if _looks_like(text) not in ("TSV (tab-separated)", "plain text"):
+        raise _wrong_format(p, "lama expects a tab-separated file with columns Prompt, Ans, Candidate Ans[, Subject]", text)
+    with io.StringIO(text, newline="") as fh:
         rd = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rd, None)
         need = ("Prompt", "Ans", "Candidate Ans")
@@ -760,11 +981,12 @@ def factual(n: int | None = None, seed: int = 0, relations=None, n_distractors: 
     return _subsample(items, n, seed)
 
 # %% ../nbs/02_tasks.ipynb #e6b5ba58
-def arithmetic_chains(k: int, n: int = 50, seed: int = 0, n_distractors: int = 4) -> list:
+def arithmetic_chains(k: int, n: int | None = 50, seed: int = 0, n_distractors: int = 4) -> list:
     """`n` items "Start with 7. Add 5. Multiply by 2. What is the result?" with `k` operations.
 
     Operations: add/subtract 1-20 (never below 0), multiply by 2-5 (while the value is < 200),
-    divide by 2-5 (only when exact). Example: `arithmetic_chains(2, n=1)[0].meta['hops']` -> 2."""
+    divide by 2-5 (only when exact); `n` >= 1 (None: 50). Example: `arithmetic_chains(2, n=1)[0].meta['hops']` -> 2."""
+    n = 50 if n is None else _check_n(n)
     if not 1 <= int(k) <= 12: raise ValueError(f"k must be between 1 and 12, got {k}")
     rng = random.Random(f"chains-{k}-{seed}")
     items, seen = [], set()
@@ -844,12 +1066,206 @@ def gsm8k_by_steps(path, n: int | None = None, seed: int = 0, n_distractors: int
                          dict(hops=len(_ANN.findall(raw)), solution=sol, solution_raw=raw, line=i), f"gsm8k/{i}"))
     return _subsample(items, n, seed)
 
+# %% ../nbs/02_tasks.ipynb #b453ab4c
+_CALC_MARK = re.compile(r"<<[^>]*>>")
+
+def gsm8k_texts(path=None, n: int | None = 20, start: int = 0, data_dir=None) -> list[str]:
+    """GSM8K test items as `"Question: ...\\nAnswer: ..."` texts with the gold solution (calculator
+    annotations `<<...>>` stripped, final `#### N` line kept).
+
+    Args: `path` to `test.jsonl`, else `gsm8k/test.jsonl` found as `find_data` does (`data_dir`, else
+    `$DEPTHSTUDY_DATA`, else the hub cache); `n` items (None: all) from item `start`.
+    A missing file raises `TaskDataMissing` (a `FileNotFoundError`) saying where to get it and what to set;
+    `corpus_texts` falls back to generated problems instead.
+    Example: `gsm8k_texts(n=2)[0].startswith("Question: Janet")`.
+    """
+    n = _check_n(n)
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+        raise ValueError(f"start must be an item index >= 0, got {start!r}")
+    _, rows = _gsm8k_rows(path if path is not None else find_data("gsm8k/test.jsonl", data_dir))
+    rows = rows[start:] if n is None else rows[start:start + n]
+    return [f"Question: {r['question'].strip()}\nAnswer: {_CALC_MARK.sub('', r['answer']).strip()}" for _, r in rows]
+
+# %% ../nbs/02_tasks.ipynb #fdd3db53
+_WP_PEOPLE = [("Ana", "she"), ("Ben", "he"), ("Carla", "she"), ("Dev", "he"), ("Elena", "she"), ("Farid", "he"),
+              ("Grace", "she"), ("Hugo", "he"), ("Iris", "she"), ("Jonah", "he"), ("Keiko", "she"), ("Liam", "he"),
+              ("Maya", "she"), ("Nico", "he"), ("Olga", "she"), ("Pablo", "he"), ("Rosa", "she"), ("Sami", "he"),
+              ("Tara", "she"), ("Umar", "he"), ("Vera", "she"), ("Wes", "he"), ("Yara", "she"), ("Zane", "he")]
+_WP_STOCK = [  # (one, many, container, containers, how the person gets them, price range in dollars)
+    ("cookie", "cookies", "tray", "trays", "bakes", (1, 3)), ("egg", "eggs", "carton", "cartons", "collects", (1, 2)),
+    ("apple", "apples", "basket", "baskets", "picks", (1, 2)), ("candle", "candles", "box", "boxes", "makes", (3, 9)),
+    ("pencil", "pencils", "pack", "packs", "buys", (1, 2)), ("muffin", "muffins", "batch", "batches", "bakes", (2, 4)),
+    ("sticker", "stickers", "sheet", "sheets", "gets", (1, 2)), ("bracelet", "bracelets", "bag", "bags", "makes", (4, 12)),
+    ("jar of jam", "jars of jam", "crate", "crates", "fills", (3, 8)), ("tomato", "tomatoes", "bucket", "buckets", "picks", (1, 2)),
+    ("postcard", "postcards", "stack", "stacks", "prints", (1, 3)), ("seedling", "seedlings", "tray", "trays", "grows", (2, 6))]
+_WP_INTROS = ["{N} is getting ready for the school fair.", "{N} spends the weekend helping at {pos} family's market stall.",
+              "{N} wants to raise money for a class trip.", "It is a busy Saturday for {N}.",
+              "{N} has a small business selling things to neighbors.", "{N} is planning a party for {pos} friends."]
+_WP_BUYS = ["a new backpack", "lunch", "a bus pass", "art supplies", "a pair of shoes", "groceries", "a concert ticket",
+            "a board game", "a birthday present", "paint for {pos} room"]
+_WP_GOODS = [("notebook", "notebooks"), ("sandwich", "sandwiches"), ("toy car", "toy cars"), ("plant pot", "plant pots"),
+             ("bottle of water", "bottles of water"), ("comic book", "comic books"), ("pack of seeds", "packs of seeds")]
+_WP_PARTS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
+
+def _wp_problem(rng: random.Random, k: int):
+    "One problem with exactly `k` calculation steps: (question, solution lines, answer)."
+    N, pro = rng.choice(_WP_PEOPLE)
+    O = rng.choice([p for p in _WP_PEOPLE if p[0] != N])[0]
+    Pro, obj, pos = pro.capitalize(), "her" if pro == "she" else "him", "her" if pro == "she" else "his"
+    one, many, box, boxes, get, price = rng.choice(_WP_STOCK)
+    giver = lambda: rng.choice([O, O, f"{pos} grandmother", f"{pos} uncle", "a neighbor", f"{pos} aunt"])
+    q, a, used = [], [], set()
+    intro = rng.random() < {2: 1, 3: 1, 4: .6, 5: .4, 6: 0}[k]    # keeps 2-6 steps within 60-200 tokens
+    if intro: q.append(rng.choice(_WP_INTROS).format(N=N, pos=pos))
+    who = Pro if intro else N                                   # after an intro, the start sentence says "she"/"he"
+    if rng.random() < 0.65:                                     # start: a count of things ...
+        x, y = rng.randint(2, 9), rng.randint(3, 24)
+        v, unit = x * y, "count"
+        q.append(rng.choice([f"{who} {get} {x} {boxes} of {many}, with {y} {many} in each {box}.",
+                             f"{who} has {x} {boxes} of {many}. Each {box} holds {y} {many}."]))
+        a.append(f"{N} has {x}*{y}={v} {many}.")
+        ask = f"How many {many} does {N} have?"
+    else:                                                       # ... or an amount of money
+        x, y = rng.randint(3, 30), rng.randint(8, 25)
+        v, unit = x * y, "money"
+        job = rng.choice(["walks dogs", "babysits", "works at a bakery", "helps at a garden center", "tutors a neighbor"])
+        q.append(f"{who} {job} for {x} hours a week and earns ${y} per hour.")
+        a.append(f"{Pro} earns {x}*{y}=${v} a week.")
+        ask = f"How much money does {N} earn in a week?"
+    left, first = k - 1, True
+    while left > 0:
+        ops = []                                                # (name, cost, ends the problem)
+        if unit == "count":
+            ops += [("get", 1, False), ("sell", 1, False)]
+            if v >= 6: ops += [("give", 1, False)]
+            if v % 2 == 0 and v >= 4: ops += [("half", 1, False)]
+            if left >= 2 and any(v % d == 0 for d in (3, 4, 5)): ops += [("part", 2, False)]
+            if left >= 2 and any(v * p % 100 == 0 for p in (10, 20, 25, 50)): ops += [("percent", 2, False)]
+            if left == 2: ops += [("compare", 2, True)]
+            if left == 1 and any(v % d == 0 for d in range(2, 9)): ops += [("pack", 1, True)]
+        else:
+            ops += [("gift", 1, False)]
+            if v >= 10: ops += [("spend", 1, False)]
+            if v % 2 == 0: ops += [("save", 1, False)]
+            if first: ops += [("weeks", 1, False)]
+            if left >= 2 and v >= 20: ops += [("buy", 2, False)]
+            if left == 1 and any(v % d == 0 for d in range(2, 7)): ops += [("split", 1, True)]
+        ops = [o for o in ops if o[1] <= left and (not o[2] or o[1] == left)]
+        op, cost, _ = rng.choice([o for o in ops if o[0] not in used] or ops)   # a sentence kind once, where possible
+        used.add(op)
+        if op == "get":
+            x, g = rng.randint(2, 30), giver(); q.append(f"{g[:1].upper() + g[1:]} gives {obj} {x} more {many}.")
+            a.append(f"Now {pro} has {v}+{x}={v + x} {many}."); v += x; ask = f"How many {many} does {N} have now?"
+        elif op == "give":
+            x = rng.randint(1, v // 3); q.append(f"{Pro} gives {x} {many} to {O}.")
+            a.append(f"{Pro} has {v}-{x}={v - x} {many} left."); v -= x; ask = f"How many {many} does {N} have left?"
+        elif op == "half":
+            q.append(f"{Pro} gives half of the {many} to {pos} neighbors.")
+            a.append(f"{Pro} keeps {v}/2={v // 2} {many}."); v //= 2; ask = f"How many {many} does {N} keep?"
+        elif op == "part":
+            d = rng.choice([d for d in (3, 4, 5) if v % d == 0]); x = v // d
+            q.append(f"{Pro} sells {_WP_PARTS[d]} of the {many} to {O}.")
+            a += [f"{Pro} sells {v}/{d}={x} {many}.", f"So {pro} has {v}-{x}={v - x} {many} left."]
+            v -= x; ask = f"How many {many} does {N} have left?"
+        elif op == "percent":
+            p = rng.choice([p for p in (10, 20, 25, 50) if v * p % 100 == 0]); x = v * p // 100
+            q.append(f"{p}% of the {many} are damaged, so {pro} throws them away.")
+            a += [f"{Pro} throws away {v}*{p}/100={x} {many}.", f"That leaves {v}-{x}={v - x} {many}."]
+            v -= x; ask = f"How many good {many} are left?"
+        elif op == "compare":
+            m = rng.randint(2, 4); w = v * m
+            q.append(f"{O} has {m} times as many {many} as {N}.")
+            a += [f"{O} has {v}*{m}={w} {many}.", f"Together they have {v}+{w}={v + w} {many}."]
+            v += w; ask = f"How many {many} do {N} and {O} have together?"
+        elif op == "pack":
+            d = rng.choice([d for d in range(2, 9) if v % d == 0])
+            q.append(f"{Pro} packs the {many} equally into {d} gift bags.")
+            a.append(f"Each bag gets {v}/{d}={v // d} {many}."); v //= d; ask = f"How many {many} go in each bag?"
+        elif op == "sell":
+            p = rng.randint(*price); q.append(f"{Pro} sells each {one} for ${p}.")
+            a.append(f"{Pro} makes {v}*{p}=${v * p}."); v *= p; unit = "money"; ask = f"How much money does {N} make?"
+        elif op == "gift":
+            x, g = rng.randint(5, 60), giver(); q.append(f"{g[:1].upper() + g[1:]} gives {obj} ${x} as a gift.")
+            a.append(f"Now {pro} has {v}+{x}=${v + x}."); v += x; ask = f"How much money does {N} have now?"
+        elif op == "spend":
+            x = rng.randint(2, v // 2); thing = rng.choice(_WP_BUYS).format(pos=pos)
+            q.append(f"{Pro} spends ${x} on {thing}.")
+            a.append(f"{Pro} has {v}-{x}=${v - x} left."); v -= x; ask = f"How much money does {N} have left?"
+        elif op == "save":
+            q.append(f"{Pro} puts half of the money in a savings account.")
+            a.append(f"{Pro} keeps {v}/2=${v // 2} to spend."); v //= 2; ask = f"How much money does {N} keep to spend?"
+        elif op == "weeks":
+            w = rng.randint(2, 6); q.append(f"{Pro} does this for {w} weeks.")
+            a.append(f"In {w} weeks {pro} earns {v}*{w}=${v * w}."); v *= w; ask = f"How much money does {N} earn in {w} weeks?"
+        elif op == "buy":
+            one_g, many_g = rng.choice(_WP_GOODS)
+            c = rng.randint(2, 6); p = rng.randint(2, max(2, min(15, v // (2 * c))))
+            q.append(f"{Pro} buys {c} {many_g} for ${p} each.")
+            a += [f"The {many_g} cost {c}*{p}=${c * p}.", f"{Pro} has {v}-{c * p}=${v - c * p} left."]
+            v -= c * p; ask = f"How much money does {N} have left?"
+        elif op == "split":
+            d = rng.choice([d for d in range(2, 7) if v % d == 0])
+            q.append(f"{Pro} shares the money equally with {d - 1} friend{'s' if d > 2 else ''}.")
+            a.append(f"Each of the {d} people gets {v}/{d}=${v // d}."); v //= d; ask = "How much money does each person get?"
+        left -= cost; first = False
+    return " ".join(q + [ask]), a, v
+
+def word_problems(n: int = 20, seed: int = 0, steps: int | None = None) -> list[str]:
+    """`n` generated arithmetic word problems with worked solutions, formatted as `gsm8k_texts` formats GSM8K:
+    `"Question: ...\\nAnswer: <one line per step>\\n#### N"`.
+
+    Args: `n`, `seed`, `steps` (calculation steps per problem, 2-6; None draws 2-6 per problem).
+    Deterministic: problem `i` depends only on (seed, steps, i). Written by this project (no copied text).
+    Example: `word_problems(1, seed=0, steps=2)[0]` -> 'Question: ... \\nAnswer: ...\\n#### 46' (say)."""
+    n = _check_n(n)
+    if n is None: raise ValueError("n must be a positive number of problems (generated problems have no 'all')")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 2 <= steps <= 6):
+        raise ValueError(f"steps must be a whole number from 2 to 6 (or None for a mix), got {steps!r}")
+    out, seen = [], set()
+    for i in range(n):
+        for attempt in range(100):
+            rng = random.Random(f"word-problems-{seed}-{steps}-{i}-{attempt}")
+            q, sol, ans = _wp_problem(rng, steps if steps is not None else rng.randint(2, 6))
+            text = f"Question: {q}\nAnswer: " + "\n".join(sol) + f"\n#### {ans}"
+            if text not in seen: break
+        seen.add(text); out.append(text)
+    return out
+
+# %% ../nbs/02_tasks.ipynb #62e4a20a
+class Corpus(NamedTuple):
+    "Texts for the residual analyses and, in one line, where they came from (`texts, source = corpus_texts()`)."
+    texts: list
+    source: str
+
+    @property
+    def task(self) -> str:
+        "The `task` label for results tables: 'gsm8k' or 'word-problems'."
+        return "gsm8k" if self.source.startswith("GSM8K") else "word-problems"
+
+def corpus_texts(n: int | None = 20, data_dir=None, path=None, seed: int = 0) -> Corpus:
+    """`n` GSM8K texts (as `gsm8k_texts`: the first `n` items) when GSM8K's test.jsonl is at `path` or found as
+    `find_data` finds it (data folder, `$DEPTHSTUDY_DATA`, hub cache), else `n` `word_problems(n, seed)`.
+
+    Returns `Corpus(texts, source)`, `source` a one-line description for a lesson to print. Never raises for a
+    missing file (a malformed one still raises `TaskDataError`). `n=None`: all of GSM8K, or 1319 generated.
+    Example: `texts, source = corpus_texts(20)`; `print(source)` -> 'GSM8K test set (DEPTHSTUDY_DATA)'."""
+    n = _check_n(n)
+    if path is not None:
+        if Path(path).expanduser().is_file(): return Corpus(gsm8k_texts(path, n=n), "GSM8K test set (path given)")
+        why = "the path given is not a file"
+    else:
+        p, src, looked = _locate("gsm8k/test.jsonl", data_dir)
+        if p is not None: return Corpus(gsm8k_texts(p, n=n), f"GSM8K test set ({src})")
+        why = "; ".join(f"not in {w.split(' (')[0]}" if note == "not there" else f"{w}: {note}" for w, note in looked)
+    return Corpus(word_problems(1319 if n is None else n, seed=seed),
+                  f"generated word problems, seed {seed} (GSM8K not found: {why}; set DEPTHSTUDY_DATA or install datasets with network)")
+
 # %% ../nbs/02_tasks.ipynb #d34b625b
 def mquake(path, n_distractors: int = 4, seed: int = 0) -> list:
     """MQuAKE cases (JSON list; see above) as MCItems with `meta['hops']` = len(single_hops).
     Example: `mquake("MQuAKE-CF-3k.json")`."""
     p = _check_file(path, "MQuAKE")
-    data = _read_json_list(p, ("questions", "answer", "single_hops"))
+    data = _read_json_list(p, ("questions", "answer", "single_hops"), "mquake")
     for k, r in enumerate(data):
         if not isinstance(r["questions"], list) or not r["questions"] or not all(isinstance(q, str) for q in r["questions"]):
             raise TaskDataError(f"{p}: record {k} (0-based): 'questions' must be a non-empty list of strings")
@@ -889,12 +1305,12 @@ def math_dataset(path, n: int | None = None, seed: int = 0, n_distractors: int =
     if p.is_dir():
         rows = []
         for f in sorted(p.rglob("*.json")):
-            try: r = json.loads(f.read_text(encoding="utf-8"))
+            try: r = json.loads(_read_text(f))
             except json.JSONDecodeError as e: raise _bad(f, e.lineno, f"invalid JSON ({e.msg})") from None
             rows.append((f, 1, r))
     else:
         p = _check_file(p, "MATH")
-        rows = [(p, i, r) for i, r in _read_jsonl(p)]
+        rows = [(p, i, r) for i, r in _read_jsonl(p, what="math")]
     recs = []
     for f, i, r in rows:
         if not isinstance(r, dict): raise _bad(f, i, "expected a JSON object")
@@ -919,10 +1335,12 @@ def math_dataset(path, n: int | None = None, seed: int = 0, n_distractors: int =
 # %% ../nbs/02_tasks.ipynb #e3746418
 def generic(path, task: str | None = None) -> list:
     """Items from a JSON-lines file with question, choices, answer (index or list) [, task, id, meta].
+
+    Every item is checked with `MCItem.validate` (no empty or repeated choice); errors name file and line.
     Example: `generic("my_items.jsonl")`."""
     p = _check_file(path, "generic task")
     items = []
-    for i, r in _read_jsonl(p, ("question", "choices", "answer")):
+    for i, r in _read_jsonl(p, ("question", "choices", "answer"), "generic"):
         ch, ans = r["choices"], r["answer"]
         if not isinstance(r["question"], str): raise _bad(p, i, "field 'question' must be a string")
         if not isinstance(ch, list) or not all(isinstance(c, str) for c in ch): raise _bad(p, i, "field 'choices' must be a list of strings")
@@ -934,7 +1352,7 @@ def generic(path, task: str | None = None) -> list:
         if bad: raise _bad(p, i, f"answer index {bad[0]} out of range for {len(ch)} choices")
         try:
             items.append(MCItem(r["question"], ch, ans, task or r.get("task", Path(p).stem), dict(r.get("meta", {})),
-                                id=str(r.get("id", f"{task or r.get('task', Path(p).stem)}/{len(items)}"))))
+                                id=str(r.get("id", f"{task or r.get('task', Path(p).stem)}/{len(items)}"))).validate())
         except ValueError as e: raise _bad(p, i, str(e)) from None
     return items
 
@@ -962,9 +1380,11 @@ def load_task(name: str, data_dir=None, n: int | None = None, seed: int = 0, pat
     """Items of task `name` (see `TASKS`); files come from `data_dir` or `$DEPTHSTUDY_DATA`.
 
     `path` is the task's data file itself (a copy elsewhere, a subset you made); it overrides `data_dir`.
-    `n` draws a random subset (deterministic per `seed`); extra keywords go to the builder
+    Without it the file is looked for as `find_data` does (data folder, `$DEPTHSTUDY_DATA`, hub cache).
+    `n` (a positive number, None for all or the generator's default) draws a random subset (deterministic per `seed`); extra keywords go to the builder
     (e.g. `op="mul"` for calculation, `k=3` for arithmetic-chains, `hops=2` for multihop-facts).
     Example: `load_task("truthfulqa-mc1", n=50)`; `load_task("generic:/tmp/items.jsonl")`."""
+    n = _check_n(n)
     if ":" in name:
         kind, path = name.split(":", 1)
         f = {"generic": generic, "mquake": mquake, "math": math_dataset}.get(kind)
@@ -975,9 +1395,9 @@ def load_task(name: str, data_dir=None, n: int | None = None, seed: int = 0, pat
     if path is not None and not rel: raise ValueError(f"task {name!r} is generated and reads no file; drop the path")
     if path is not None and not Path(path).is_file(): raise TaskDataMissing(f"{path}: no such file (the data file of task {name!r})")
     path = Path(path) if path is not None else (find_data(rel, data_dir) if rel else None)
-    if name == "calculation": return calculation(n=n or 100, seed=seed, **kw)
+    if name == "calculation": return calculation(n=100 if n is None else n, seed=seed, **kw)
     if name == "facts": return factual(n=n, seed=seed, **kw)
-    if name == "arithmetic-chains": return arithmetic_chains(kw.pop("k", 3), n=n or 50, seed=seed, **kw)
+    if name == "arithmetic-chains": return arithmetic_chains(kw.pop("k", 3), n=50 if n is None else n, seed=seed, **kw)
     if name == "multihop-facts": return multihop_facts(kw.pop("hops", 2), n=n, seed=seed, **kw)
     if name == "mps-rea": return mps_rea(path, n=n, seed=seed, **kw)
     if name == "gsm8k-steps": return gsm8k_by_steps(path, n=n, seed=seed, **kw)

@@ -126,6 +126,7 @@ def test_remote_local_same_numbers(tiny_llama):
 
 
 def test_gsm8k_texts(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")          # no hub, no hub cache: only the data folder counts
     t = gsm8k_texts(n=5)                                   # from $DEPTHSTUDY_DATA (set by conftest)
     assert len(t) == 5 and all(x.startswith("Question: ") and "\nAnswer: " in x for x in t)
     assert "<<" not in "".join(t) and "####" in t[0]
@@ -139,6 +140,28 @@ def test_gsm8k_texts(data_dir, tmp_path, monkeypatch):
         gsm8k_texts(n=1)
     with pytest.raises(FileNotFoundError, match="test.jsonl"):
         gsm8k_texts(n=1, data_dir=tmp_path)
+
+
+def test_default_texts_without_any_data(tiny, data_dir, monkeypatch, tmp_path):
+    "texts=None: GSM8K where found, else generated word problems; a fresh clone without data must still run."
+    import json
+    from depthstudy.tasks import corpus_texts, word_problems
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
+    (tmp_path / "gsm8k").mkdir()                           # a short GSM8K copy (the tiny model reads 512 bytes at most)
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(dict(question=f"What is {i} + 1?", answer=f"{i}+1=<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}")) + "\n" for i in range(30)))
+    monkeypatch.setenv("DEPTHSTUDY_DATA", str(tmp_path))
+    df = contributions(tiny, batch_size=10, n_boot=10, progress=False)
+    assert set(df.task) == {"gsm8k"}
+    np.testing.assert_allclose(df.value, contributions(tiny, gsm8k_texts(n=20), batch_size=10, n_boot=10, progress=False).value)
+    monkeypatch.setenv("DEPTHSTUDY_DATA", str(tmp_path / "gsm8k" / "nothing"))   # no data folder with GSM8K and no hub
+    assert corpus_texts(20).texts == word_problems(20)
+    df = contributions(tiny, batch_size=10, n_boot=10, progress=False)
+    ref = contributions(tiny, word_problems(20), batch_size=10, n_boot=10, progress=False)
+    assert set(df.task) == {"word-problems"} and set(ref.task) == {"gsm8k"}     # a label given by the caller's texts
+    np.testing.assert_allclose(df.value, ref.value)
+    lens = logit_lens_depth(tiny, batch_size=10, n_boot=10, progress=False)
+    assert set(lens.task) == {"word-problems"} and set(lens.layer) == set(range(tiny.n_layers + 1))
+    assert set(contributions(tiny, ["some text here"], task="mine", n_boot=10, progress=False).task) == {"mine"}
 
 
 def test_errors(tiny):

@@ -1,22 +1,31 @@
 "Tests for depthstudy.tasks: real data files, malformed copies, generators, multi-hop sets."
-import json, os
+import collections, json, os, re, time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+import depthstudy.tasks as T
 from depthstudy.tasks import (FACTS, RELATIONS, MCItem, Template, TaskDataError, TaskDataMissing, TASKS,
-                              arithmetic_chains, calculation, factual, find_data, generic, gsm8k_by_steps,
-                              lama, load_task, math_dataset, mps_cal, mps_rea, mquake, multihop_facts,
-                              near_numbers, perturb_solution, reclor, template_for, truthfulqa, xmps_cal)
+                              arithmetic_chains, calculation, corpus_texts, data_source, factual, find_data, generic,
+                              gsm8k_by_steps, gsm8k_texts, lama, load_task, math_dataset, mps_cal, mps_rea, mquake,
+                              multihop_facts, near_numbers, perturb_solution, reclor, safe_eval, template_for, truthfulqa,
+                              word_problems, xmps_cal)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEPTHSTUDY_DATA", ROOT.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "seed000").is_dir(), reason=f"no reference data at {DATA}")
+needs_data = pytest.mark.needs_data        # skipped without the reference data, failed in CI (see conftest)
 
 
 def _lines(p):
     return Path(p).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    "No test here may reach the hub or read a hub cache of this machine: the hub is off and the cache is a fresh folder."
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
+    monkeypatch.setenv("DEPTHSTUDY_CACHE", str(tmp_path / "cache"))
 
 
 # ---------------------------------------------------------------- item and template
@@ -279,3 +288,331 @@ def test_load_task_every_name():
         assert len(xs) == 5 and all(isinstance(x, MCItem) for x in xs), name
         assert template_for(xs[0].task).prompt(xs[0])
     assert [x.id for x in load_task("lama", DATA, n=10, seed=2)] == [x.id for x in load_task("lama", DATA, n=10, seed=2)]
+
+
+# ---------------------------------------------------------------- stricter templates and items
+@pytest.mark.parametrize("kw, msg", [
+    (dict(fmt="Q: {question\nA:"), "is not a valid format string"),
+    (dict(fmt="Q: {question}}\nA:"), "is not a valid format string"),
+    (dict(fmt="Q: {}\nA:"), "use named fields"),
+    (dict(fmt="Q: {0}\nA:"), "use named fields"),
+    (dict(fmt="Q: {question.upper}\nA:"), "use named fields"),
+    (dict(fmt="Q: {question} {choice}"), "the choice goes in choice_fmt"),
+    (dict(choice_fmt=" {answer}"), r"uses \{answer\}; it may only use \{choice\}"),
+    (dict(choice_fmt=" answer"), r"has no \{choice\}"),
+    (dict(choice_fmt=" {choice"), "is not a valid format string"),
+    (dict(header="Q: {question}\n"), "copied as it is, not filled in"),
+    (dict(fmt=None), "must be a string"),
+])
+def test_template_refuses_bad_format_strings(kw, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        Template(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_template_names_a_missing_field_at_prompt_time():
+    it = MCItem("What?", ["x", "y"], [0], "t", meta=dict(context="P"), id="t/0")
+    with pytest.raises(ValueError, match=r"\{questoin\}, but item 't/0' has no such field \(did you mean \{question\}\?\); "
+                                         r"fields available: question, context"):
+        Template(fmt="Q: {questoin}\nA:").prompt(it)
+    with pytest.raises(ValueError, match=r"\{stem\}.*fields available: question, context"):
+        Template(fmt="{stem}").pairs(it)
+    assert Template(header="$\\boxed{2}$ {x}\n", fmt="{context} {question}").prompt(it) == "$\\boxed{2}$ {x}\nP What?"
+
+
+def test_validate_refuses_empty_and_repeated_choices():
+    MCItem("q", ["a", ""], [0], "t")        # construction allows it: published sets are scored as published
+    with pytest.raises(ValueError, match="choice 1 is empty"):
+        MCItem("q", ["a", ""], [0], "t").validate()
+    with pytest.raises(ValueError, match="choice 2 is empty"):
+        MCItem("q", ["a", "b", "  "], [0], "t").validate()
+    with pytest.raises(ValueError, match=r"choices 0 and 2 are the same \('a'\)"):
+        MCItem("q", ["a", "b", "a "], [0], "t").validate()
+    it = MCItem("q", ["a", "b"], [0], "t")
+    assert it.validate() is it
+
+
+@needs_data
+def test_real_sets_keep_their_repeats():
+    cal = mps_cal(DATA / "seed000" / "gsm8k_cal_mc.json")
+    assert len(cal) == 712 and sum(len(set(x.choices)) < len(x.choices) for x in cal) == 28
+    assert sum(x.meta["degenerate"] for x in cal) == 2
+    for name in ("reclor", "truthfulqa-mc3", "lama", "xmps-cal-zh"):
+        assert all(x.validate() for x in load_task(name, DATA)), name
+
+
+@pytest.mark.parametrize("line, msg", [
+    ('{"question": "a?", "choices": ["x", ""], "answer": 0}', "choice 1 is empty"),
+    ('{"question": "a?", "choices": ["x", "   "], "answer": 0}', "choice 1 is empty"),
+    ('{"question": "a?", "choices": ["x", "y", "x"], "answer": 0}', "choices 0 and 2 are the same"),
+])
+def test_generic_refuses_empty_and_repeated_choices(tmp_path, line, msg):
+    p = tmp_path / "items.jsonl"
+    p.write_text('{"question": "ok", "choices": ["x", "y"], "answer": 0}\n' + line + "\n")
+    with pytest.raises(TaskDataError, match=rf"items\.jsonl, line 2: .*{msg}"):
+        generic(p)
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"question": "ok", "choices": ["x", "y"], "answer": 0}\n{"question": "Caf\xe9?", "choices": ["x", "y"], "answer": 0}\n')
+    with pytest.raises(TaskDataError, match=r"latin1\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at column 18\); save the file as UTF-8"):
+        generic(p)
+    p.write_bytes(b'\xef\xbb\xbf{"question": "ok", "choices": ["x", "y"], "answer": 0}\n')     # a byte-order mark is fine
+    assert generic(p)[0].best == "x"
+    p = tmp_path / "tq.csv"
+    p.write_bytes(b"Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers\nA,B,Caf\xe9?,yes,yes,no\n")
+    with pytest.raises(TaskDataError, match=r"tq\.csv, line 2: not UTF-8"):
+        truthfulqa(p)
+    p = tmp_path / "r.json"
+    p.write_bytes(b'[{"context": "c",\n  "question": "\xff"}]')
+    with pytest.raises(TaskDataError, match=r"r\.json, line 2: not UTF-8"):
+        reclor(p)
+
+
+_RECLOR_LINES = ('{"context": "c", "question": "q", "answers": ["a", "b"], "label": 0}\n'
+                 '{"context": "c", "question": "q", "answers": ["a", "b"], "label": 1}\n')
+
+
+@pytest.mark.parametrize("task, content, expects, looks", [
+    ("reclor", _RECLOR_LINES, "reclor expects a JSON list of records with context, question, answers, label", "JSON lines"),
+    ("reclor", "Type,Category,Question\nA,B,C\n", "reclor expects a JSON list", "CSV"),
+    ("mps-cal", "Type,Category,Question,Best Answer\nA,B,Q?,yes\n", "mps-cal expects JSON lines", "CSV"),
+    ("mps-cal", '[{"question": "q", "truth_answer": ["a"], "error": ["b"]}]', "mps-cal expects JSON lines", "a JSON list"),
+    ("xmps-cal-es", "Prompt\tAns\n", "xmps-cal expects JSON lines", "TSV"),
+    ("truthfulqa-mc1", '{"Question": "q"}\n', "truthfulqa expects TruthfulQA.csv", "JSON lines"),
+    ("truthfulqa-mc3", "Question\tBest Answer\n", "truthfulqa expects TruthfulQA.csv", "TSV"),
+    ("lama", 'Prompt,Ans,Candidate Ans\nX is in <mask>.,a,"a, b"\n', "lama expects a tab-separated file", "CSV"),
+    ("lama", '[{"Prompt": "x"}]', "lama expects a tab-separated file", "a JSON list"),
+    ("gsm8k-steps", '[{"question": "q", "answer": "#### 1"}]', r"GSM8K \(test.jsonl\) expects JSON lines", "a JSON list"),
+    ("mps-rea", "", r"GSM8K \(test.jsonl\) expects JSON lines", "x"),     # empty: "no records found"
+])
+def test_wrong_format_for_a_named_task(tmp_path, task, content, expects, looks):
+    p = tmp_path / "data.txt"
+    p.write_text(content, encoding="utf-8")
+    if not content:
+        with pytest.raises(TaskDataError, match=r"data\.txt: no records found"):
+            load_task(task, path=p)
+        return
+    with pytest.raises(TaskDataError, match=rf"data\.txt: {expects}.*, but this file looks like {looks}") as e:
+        load_task(task, path=p)
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_format_by_prefix(tmp_path):
+    p = tmp_path / "cases.jsonl"
+    p.write_text(_RECLOR_LINES)
+    with pytest.raises(TaskDataError, match="mquake expects a JSON list of records with questions, answer, single_hops, but this file looks like JSON lines"):
+        load_task(f"mquake:{p}")
+    q = tmp_path / "items.json"
+    q.write_text(json.dumps([{"question": "a", "choices": ["x", "y"], "answer": 0}]))
+    with pytest.raises(TaskDataError, match="generic expects JSON lines .* looks like a JSON list"):
+        load_task(f"generic:{q}")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5"])
+def test_n_must_be_a_positive_number(bad):
+    calls = [lambda: load_task("facts", n=bad), lambda: load_task("calculation", n=bad), lambda: load_task("reclor", n=bad),
+             lambda: load_task("arithmetic-chains", n=bad, k=2), lambda: calculation(n=bad), lambda: arithmetic_chains(2, n=bad),
+             lambda: factual(n=bad), lambda: multihop_facts(2, n=bad), lambda: word_problems(bad), lambda: corpus_texts(bad),
+             lambda: gsm8k_texts(n=bad)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^n must be a positive number of items \(or None for all\), got "):
+            call()
+
+
+def test_n_none_is_the_default_or_all():
+    assert len(load_task("calculation")) == len(calculation(n=None)) == 100
+    assert len(load_task("arithmetic-chains", k=2)) == len(arithmetic_chains(2, n=None)) == 50
+    assert len(load_task("facts")) == len(FACTS) and len(load_task("facts", n=1)) == 1
+
+
+# ---------------------------------------------------------------- where data comes from
+GSM8K_RECORDS = [dict(question="Lena has 3 bags with 4 plums in each. How many plums does she have?",
+                      answer="She has 3*4=<<3*4=12>>12 plums.\n#### 12"),
+                 dict(question="Omar reads 5 pages a day for 6 days, then 2 more pages. How many pages does he read?",
+                      answer="In 6 days he reads 5*6=<<5*6=30>>30 pages.\nHe reads 30+2=<<30+2=32>>32 pages in all.\n#### 32")]
+TQA_RECORDS = [dict(type="Adversarial", category="Misconceptions", question="Can you see a single road from the Moon?",
+                    best_answer="No, a road is far too narrow", correct_answers=["No, a road is far too narrow", "No"],
+                    incorrect_answers=["Yes, easily", "Yes, on a clear night"], source="written for this test"),
+               dict(type="Non-Adversarial", category="Science", question="Does ice float on water?", best_answer="Yes",
+                    correct_answers=["Yes"], incorrect_answers=["No, it sinks"], source="written for this test")]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    "The hub step on, the network check passed, and the one function that calls `datasets` returning records in memory."
+    calls = []
+    def records(repo, config, split):
+        calls.append((repo, config, split))
+        return {"openai/gsm8k": GSM8K_RECORDS, "truthfulqa/truthful_qa": TQA_RECORDS}[repo]
+    monkeypatch.delenv("DEPTHSTUDY_NO_HUB")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("DEPTHSTUDY_DATA", str(tmp_path / "empty"))       # a data folder without the files
+    monkeypatch.setattr(T, "_hub_status", lambda: None)
+    monkeypatch.setattr(T, "_hub_records", records)
+    return calls
+
+
+def test_hub_copy_is_converted_once_and_read_by_the_normal_loaders(fake_hub, monkeypatch, tmp_path):
+    tq = load_task("truthfulqa-mc1")
+    assert fake_hub == [("truthfulqa/truthful_qa", "generation", "validation")]
+    cached = tmp_path / "cache" / "data" / "seed000" / "TruthfulQA.csv"
+    assert cached.read_text(encoding="utf-8").splitlines()[0] == "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source"
+    assert [x.question for x in tq] == [r["question"] for r in TQA_RECORDS]
+    assert tq[0].best == "No, a road is far too narrow" and tq[0].false_choices == ["Yes, easily", "Yes, on a clear night"]
+    assert load_task("truthfulqa-mc3")[0].true_choices == ["No, a road is far too narrow", "No"]
+    assert data_source("seed000/TruthfulQA.csv") == "hub cache: truthfulqa/truthful_qa"
+
+    texts = gsm8k_texts(n=None)
+    assert fake_hub[1:] == [("openai/gsm8k", "main", "test")]
+    assert (tmp_path / "cache" / "data" / "gsm8k" / "test.jsonl").is_file()
+    assert texts == ["Question: Lena has 3 bags with 4 plums in each. How many plums does she have?\nAnswer: She has 3*4=12 plums.\n#### 12",
+                     "Question: Omar reads 5 pages a day for 6 days, then 2 more pages. How many pages does he read?\n"
+                     "Answer: In 6 days he reads 5*6=30 pages.\nHe reads 30+2=32 pages in all.\n#### 32"]
+    assert [x.meta["hops"] for x in load_task("gsm8k-steps")] == [1, 2]
+    assert corpus_texts(5) == (texts, "GSM8K test set (hub cache: openai/gsm8k)")
+
+    # later runs read the cached files: no second hub call, and no network needed at all
+    def no_hub(*a): raise AssertionError("the hub must not be asked twice")
+    monkeypatch.setattr(T, "_hub_records", no_hub)
+    monkeypatch.setattr(T, "_hub_status", lambda: "skipped, no network")
+    assert gsm8k_texts(n=None) == texts and [x.id for x in load_task("truthfulqa-mc1")] == [x.id for x in tq]
+    assert len(fake_hub) == 2
+    # a data folder that has the file wins over the cache
+    (tmp_path / "empty" / "test.jsonl").write_text(json.dumps(GSM8K_RECORDS[1]) + "\n")
+    assert len(gsm8k_texts(n=None)) == 1 and data_source("gsm8k/test.jsonl") == "DEPTHSTUDY_DATA"
+    # DEPTHSTUDY_NO_HUB switches the cache off too
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
+    assert data_source("seed000/TruthfulQA.csv") == "missing"
+
+
+def test_hub_failure_is_task_data_missing_listing_every_place(fake_hub, monkeypatch, tmp_path):
+    def down(*a): raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub\n(a second line)")
+    monkeypatch.setattr(T, "_hub_records", down)
+    with pytest.raises(TaskDataMissing) as e:
+        gsm8k_texts(n=1)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("data file 'test.jsonl' not found. Looked at: DEPTHSTUDY_DATA (")
+    assert "not there; Hugging Face hub (openai/gsm8k): download failed (ConnectionError: Couldn't reach 'openai/gsm8k' on the Hub)" in msg
+    assert "To fix: put the file in a folder and set DEPTHSTUDY_DATA" in msg and "pip install datasets" in msg
+    assert not list((tmp_path / "cache").rglob("*.*"))                  # nothing half-written
+    c = corpus_texts(3)                                                  # the corpus falls back instead of failing
+    assert c.task == "word-problems" and c.texts == word_problems(3) and "download failed" in c.source
+    monkeypatch.setattr(T, "_hub_records", lambda *a: [dict(question="q")])   # records without the expected fields
+    with pytest.raises(TaskDataMissing, match=r"download failed \(ValueError: record 0 of openai/gsm8k has no field 'answer'"):
+        gsm8k_texts(n=1)
+    monkeypatch.setattr(T, "_hub_records", lambda *a: [])
+    with pytest.raises(TaskDataMissing, match="is empty"):
+        load_task("truthfulqa-mc1")
+    def bad_check(): raise ValueError("Port could not be cast to integer value as 'x'")
+    monkeypatch.setattr(T, "_hub_status", bad_check)                         # e.g. HF_ENDPOINT=https://host:x
+    with pytest.raises(TaskDataMissing, match=r"skipped, the network check failed \(ValueError: Port"):
+        gsm8k_texts(n=1)
+    assert not list((tmp_path / "cache").rglob("*.*"))
+
+
+def test_hub_step_is_skipped_fast_without_network(monkeypatch, tmp_path):
+    monkeypatch.delenv("DEPTHSTUDY_NO_HUB")
+    monkeypatch.setenv("DEPTHSTUDY_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # never the real hub from a test, even where it is reachable
+    for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    t0 = time.time()
+    with pytest.raises(TaskDataMissing) as e:
+        load_task("truthfulqa-mc1")
+    assert time.time() - t0 < 10
+    msg = str(e.value)
+    assert "Hugging Face hub (truthfulqa/truthful_qa): skipped, " in msg
+    assert "the datasets package is not installed" in msg or "127.0.0.1:9 not reachable" in msg
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TaskDataMissing, match="skipped, HF_HUB_OFFLINE is set"):
+        gsm8k_texts(n=1)
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
+    with pytest.raises(TaskDataMissing, match="disabled by DEPTHSTUDY_NO_HUB"):
+        gsm8k_texts(n=1)
+    with pytest.raises(TaskDataMissing, match="no copy of this file there.*no Hugging Face source"):
+        load_task("reclor")
+    assert T._reachable("127.0.0.1", 9, timeout=1) is False
+
+
+@needs_data
+def test_data_source(monkeypatch, tmp_path):
+    rel = "gsm8k/test.jsonl"
+    assert data_source(rel) == "DEPTHSTUDY_DATA"                     # conftest sets it
+    assert data_source(rel, DATA) == "data_dir"
+    assert data_source(rel, path=DATA / rel) == "path given"
+    assert data_source(rel, path=tmp_path / "no.jsonl").startswith("missing")
+    assert data_source(rel, tmp_path) == "missing"
+    (tmp_path / "test.jsonl").write_text(json.dumps(GSM8K_RECORDS[0]) + "\n")   # directly in the folder also counts
+    assert data_source(rel, tmp_path) == "data_dir" and find_data(rel, tmp_path) == tmp_path / "test.jsonl"
+    monkeypatch.delenv("DEPTHSTUDY_DATA")
+    assert data_source(rel) == "missing"
+    with pytest.raises(TaskDataMissing, match="no data folder: data_dir not given and DEPTHSTUDY_DATA not set"):
+        find_data(rel)
+    assert T._show(Path.home() / "data" / "x.csv") == str(Path("~/data/x.csv"))
+
+
+# ---------------------------------------------------------------- texts for the residual analyses
+@needs_data
+def test_gsm8k_texts_share_the_task_reader(tmp_path):
+    t = gsm8k_texts(n=None)
+    rows = [json.loads(l) for l in _lines(DATA / "gsm8k" / "test.jsonl")]
+    assert len(t) == 1319
+    assert all(x == f"Question: {r['question'].strip()}\nAnswer: {re.sub(r'<<[^>]*>>', '', r['answer']).strip()}" for x, r in zip(t, rows))
+    assert gsm8k_texts(n=2, start=5) == t[5:7] and gsm8k_texts(n=20) == t[:20]
+    with pytest.raises(ValueError, match="start must be"):
+        gsm8k_texts(start=-1)
+    p = _broken_copy(tmp_path, DATA / "gsm8k" / "test.jsonl", "g.jsonl", 2, json.dumps({"question": " ", "answer": "#### 3"}))
+    with pytest.raises(TaskDataError, match=r"g\.jsonl, line 2: field 'question' is empty"):
+        gsm8k_texts(p)
+
+
+def _replay(text):
+    "Check one generated problem (format, every step's arithmetic, the final answer); return its number of steps."
+    q, sol = text.split("\nAnswer: ")
+    lines = sol.split("\n")
+    assert q.startswith("Question: ") and q.endswith("?") and lines[-1].startswith("#### "), text
+    steps = [re.search(r"(\d[\d*/+\-]*\d)=\$?(\d+)", l) for l in lines[:-1]]
+    assert all(steps), text
+    assert all(safe_eval(m.group(1)) == int(m.group(2)) for m in steps), text
+    assert steps[-1].group(2) == lines[-1][5:] and "<<" not in text
+    return len(steps)
+
+
+def test_word_problems():
+    wp = word_problems(300, seed=0)
+    assert wp == word_problems(300, seed=0) and wp[:10] == word_problems(10, seed=0) and wp != word_problems(300, seed=1)
+    assert len(set(wp)) == 300
+    assert {_replay(t) for t in wp} == {2, 3, 4, 5, 6}
+    assert all(200 <= len(t) <= 700 for t in wp)                      # ~60-200 tokens, as GSM8K items
+    assert len({m for t in wp for m in re.findall(r"does ([A-Z]\w+) ", t)}) >= 20                  # many people
+    assert len({re.search(r"(\w+)\?\nAnswer", t).group(1) for t in wp}) >= 8                       # many kinds of question
+    for k in range(2, 7):
+        assert all(_replay(t) == k for t in word_problems(30, seed=2, steps=k))
+    for bad in (1, 7, 2.0, True):
+        with pytest.raises(ValueError, match="steps must be a whole number from 2 to 6"):
+            word_problems(3, steps=bad)
+    with pytest.raises(ValueError):
+        word_problems(None)
+
+
+@needs_data
+def test_corpus_texts_prefers_gsm8k_and_falls_back(monkeypatch, tmp_path):
+    c = corpus_texts(5)
+    assert c == (gsm8k_texts(n=5), "GSM8K test set (DEPTHSTUDY_DATA)") and c.task == "gsm8k"
+    texts, source = corpus_texts(3, path=DATA / "gsm8k" / "test.jsonl")
+    assert source == "GSM8K test set (path given)" and texts == c.texts[:3]
+    assert corpus_texts(2, data_dir=DATA).source == "GSM8K test set (data_dir)"
+    texts, source = corpus_texts(4, path=tmp_path / "missing.jsonl", seed=3)       # a missing file never raises
+    assert texts == word_problems(4, seed=3)
+    assert source.startswith("generated word problems, seed 3 (GSM8K not found: the path given is not a file")
+    assert str(tmp_path) not in corpus_texts(2, data_dir=tmp_path).source         # no absolute paths in the note
+    monkeypatch.delenv("DEPTHSTUDY_DATA")
+    c = corpus_texts(4)
+    assert c.texts == word_problems(4) and c.task == "word-problems" and "DEPTHSTUDY_DATA" in c.source and "\n" not in c.source
+    assert len(corpus_texts(None).texts) == 1319
+    bad = tmp_path / "test.jsonl"
+    bad.write_text('{"question": "q", "answer": "no final line"}\n')
+    with pytest.raises(TaskDataError, match=r"test\.jsonl, line 1: .*####"):      # a broken file is not a missing one
+        corpus_texts(2, path=bad)
