@@ -4,12 +4,44 @@
 
 # %% ../nbs/09_cli.ipynb #7eb88148
 from __future__ import annotations
-import argparse, sys
+import argparse, os, re, string, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_models', 'cmd_trace', 'cmd_cache', 'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'cmd_mc', 'cmd_lessons',
-           'parse_params', 'cmd_run', 'cmd_reproduce', 'cmd_site', 'cmd_readme', 'build_parser', 'main']
+__all__ = ['MODEL_COMMANDS', 'CLIParser', 'positive_int', 'decode_escapes', 'cmd_models', 'cmd_trace', 'cmd_cache', 'cmd_doctor',
+           'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'mc_template', 'cmd_mc', 'cmd_lessons', 'parse_params', 'cmd_run',
+           'cmd_reproduce', 'cmd_site', 'cmd_readme', 'build_parser', 'check_args', 'main']
+
+# %% ../nbs/09_cli.ipynb #b52d8f13
+class CLIParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line, `depthstudy mc: error: <what>  (see depthstudy mc --help)`,
+    with exit status 2 (its sub-command parsers are `CLIParser`s too). Example: `CLIParser(prog="x").error("bad")`."""
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}  (see {self.prog} --help)\n")
+
+def positive_int(text: str) -> int:
+    """argparse `type` for counts such as `--n`: a whole number of at least 1, else an error saying what to pass.
+    Example: `positive_int("12")` -> 12; `positive_int("0")` raises `argparse.ArgumentTypeError`."""
+    try: n = int(str(text).strip())
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave the option out for its default)")
+    return n
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+def decode_escapes(text: str, what: str = "--template") -> str:
+    r"""The escapes a shell user types turned into characters: `\n` (newline), `\t` (tab) and `\\` (one backslash).
+    Any other backslash raises `ValueError` naming it; everything else, non-ASCII text included, stays as it is.
+    Example: `decode_escapes(r"Frage: {question}\nAntwort:")` -> 'Frage: {question}' + newline + 'Antwort:'."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "\\": out.append(text[i]); i += 1; continue
+        nxt = text[i + 1:i + 2]
+        if nxt and nxt in _ESCAPES: out.append(_ESCAPES[nxt]); i += 2; continue
+        bad = f"the escape '\\{nxt}'" if nxt else "a lone '\\' at the end"
+        raise ValueError(f"{what} has {bad} (character {i + 1}): only \\n (newline), \\t (tab) and \\\\ (a backslash) "
+                         "are understood; write \\\\ for a backslash")
+    return "".join(out)
 
 # %% ../nbs/09_cli.ipynb #5f3bc496
 def _human(n: float) -> str:
@@ -18,6 +50,10 @@ def _human(n: float) -> str:
         n /= 1024
     return f"{n:.1f} TB"
 
+def _progress() -> bool:
+    "Progress bars when stderr is a terminal (or DEPTHSTUDY_PROGRESS=1); logs and pipes stay clean."
+    return sys.stderr.isatty() or os.environ.get("DEPTHSTUDY_PROGRESS", "") not in ("", "0")
+
 def cmd_models(args):
     "List the models loadable right now, embedded ones first."
     from depthstudy.models import list_models
@@ -25,12 +61,16 @@ def cmd_models(args):
         state = ("cached" if m["cached"] else "not cached yet (first load dequantises)") if m["installed"] else f"not installed: {m['hint']}"
         print(f"{m['name']:28s} {m['kind']:9s} {state:40s} {m['about']}")
 
+def _load(args, name=None):
+    from depthstudy.models import load_model
+    return load_model(name or args.model, device=args.device, remote=getattr(args, "remote", False), allow_pickle=args.allow_pickle)
+
 def cmd_trace(args):
     "Per layer: the residual norm at the last token and the logit-lens top token; then the next token."
     import torch
-    from depthstudy.models import load_model
     from depthstudy.trace import collect
-    m = load_model(args.model, device=args.device, remote=args.remote)
+    m = _load(args)
+    m.check_length(len(m.tokenizer(args.prompt)["input_ids"]), "--prompt")   # before any forward pass
     acts = collect(m, [args.prompt], logits=True, progress=False, cache=not args.no_cache)
     h = acts.resid[0, :, 0]                                   # [L+1, d]
     with torch.no_grad():
@@ -81,55 +121,73 @@ def _write(df, out):
     else:
         print(df.to_string(max_rows=60))
 
+def _corpus(args):
+    """The texts of `depth` and `map`: GSM8K from `--data` (which must exist), else GSM8K from the data folder or the
+    hub cache, else generated word problems. Returns a `Corpus` (texts, source: where they came from)."""
+    from depthstudy.tasks import Corpus, corpus_texts, gsm8k_texts
+    return Corpus(gsm8k_texts(args.data, n=args.n), "GSM8K test set (--data)") if args.data else corpus_texts(n=args.n)
+
+def _say_corpus(args, c):
+    "Where the texts came from, on stderr (after the models loaded, so a failed load stays one line)."
+    print(f"depthstudy {args.command}: texts: {c.source}", file=sys.stderr)
+
 def cmd_depth(args):
     "Study 2 on one model: sublayer contributions, logit lens over depth, skip effects, or depth vs hops."
-    from depthstudy.models import load_model
     from depthstudy import residual, skip
-    m = load_model(args.model, device=args.device, remote=args.remote)
-    texts = residual.gsm8k_texts(args.data, n=args.n)
-    if args.analysis == "contrib": df = residual.contributions(m, texts)
-    elif args.analysis == "lens": df = residual.logit_lens_depth(m, texts)
-    elif args.analysis == "skip": df = skip.skip_effects(m, texts, mode=args.mode, variant=args.variant)
-    else:
+    if args.analysis == "hops":                             # the data first: a missing file fails before the model loads
+        if args.data: raise ValueError("--data is not used by --analysis hops (its items are generated); drop it")
         from depthstudy import tasks
         items = [it for k in range(1, 5) for it in tasks.arithmetic_chains(k, n=args.n)]
         items += [it for h in range(1, 4) for it in tasks.multihop_facts(h, n=args.n)]
-        df = skip.depth_vs_hops(m, items, mode=args.mode)
+    else: corpus = _corpus(args)
+    m = _load(args)
+    if args.analysis != "hops": _say_corpus(args, corpus); texts, task = corpus.texts, corpus.task
+    if args.analysis == "contrib": df = residual.contributions(m, texts, task=task)
+    elif args.analysis == "lens": df = residual.logit_lens_depth(m, texts, task=task)
+    elif args.analysis == "skip": df = skip.skip_effects(m, texts, mode=args.mode, variant=args.variant, task=task)
+    else: df = skip.depth_vs_hops(m, items, mode=args.mode)
     _write(df, args.out)
 
 def cmd_map(args):
     "Linear maps from every layer of a source model to every layer of a target model."
-    from depthstudy.models import load_model
     from depthstudy import residual, maps
-    a, b = load_model(args.source, device=args.device), load_model(args.target, device=args.device)
-    df = maps.linear_maps(a, b, residual.gsm8k_texts(args.data, n=args.n))
-    _write(df, args.out)
+    corpus = _corpus(args)
+    b = _load(args, args.target)                            # the target first: it is the one more likely mistyped
+    a = _load(args, args.source)
+    _say_corpus(args, corpus); texts, task = corpus.texts, corpus.task
+    _write(maps.linear_maps(a, b, texts, task=task), args.out)
 
 def cmd_hierarchy(args):
     "Study 3 on one model: decode one stimulus level's labels from every layer."
-    from depthstudy.models import load_model
     from depthstudy.probes import hierarchy
-    m = load_model(args.model, device=args.device, remote=args.remote)
+    m = _load(args)
     df = hierarchy(m, args.level, readout=args.readout, site=args.site, n=args.n, kind=args.classifier)
     _write(df, args.out)
 
+def mc_template(text: str, items, keep_header: bool = False):
+    r"""The `Template` of `depthstudy mc --template TEXT` for `items`, checked before any model loads: escapes
+    decoded (`decode_escapes`), braces valid, `{question}` present and every field filled by every item; a
+    `ValueError` names what is wrong. `keep_header` keeps the task's few-shot header.
+    Example: `mc_template(r"Question: {question}\nAnswer:", load_task("facts", n=2)).fmt` -> 'Question: {question}\nAnswer:'."""
+    from depthstudy.tasks import Template, template_for
+    fmt = decode_escapes(text)
+    t = Template(header=template_for(items[0].task).header if keep_header else "", fmt=fmt)   # checks the braces
+    if "question" not in [f for _, f, _, _ in string.Formatter().parse(fmt)]:
+        raise ValueError(f"--template must contain {{question}}, where the question goes; got {text!r}")
+    for it in items: t.prompt(it)                           # a field an item lacks is named here
+    return t
+
 def cmd_mc(args):
     "Study 1 on one model: layer-wise multiple-choice accuracy on one task, by logit lens or trained probes."
-    from depthstudy.models import load_model
-    from depthstudy.tasks import load_task, template_for, Template
+    from depthstudy.tasks import load_task
     items = load_task(args.task, n=args.n, seed=args.seed, path=args.data)
     if not items: raise ValueError(f"task {args.task!r} gave no items")
-    template = None
-    if args.template:
-        fmt = args.template.encode().decode("unicode_escape")   # lets a shell pass "\n"
-        if "{question}" not in fmt: raise ValueError(f"--template must contain {{question}}, got {args.template!r}")
-        template = Template(header=template_for(items[0].task).header if args.keep_header else "", fmt=fmt)
-    m = load_model(args.model, device=args.device, remote=args.remote)
+    template = mc_template(args.template, items, args.keep_header) if args.template else None
+    m = _load(args)
     if args.mode == "lens":
         from depthstudy.lens import lens_mc
         df = lens_mc(m, items, template, faithful=args.faithful, length_norm=args.length_norm)
     else:
-        if args.faithful: raise ValueError("--faithful is a logit-lens option; probes read the residual stream as it is")
         from depthstudy.probes import probe_mc
         df = probe_mc(m, items, template)
     _write(df, args.out)
@@ -152,20 +210,22 @@ def parse_params(groups) -> dict:
         g = [g] if isinstance(g, str) else list(g)
         if len(g) == 1 and "=" in g[0]: k, v = g[0].split("=", 1)
         elif len(g) == 2: k, v = g
-        else: raise ValueError(f"-p takes NAME VALUE or NAME=VALUE, got {' '.join(g)!r}")
+        elif len(g) == 1: raise ValueError(f"-p {g[0]} has no value: write -p {g[0]} VALUE or -p {g[0]}=VALUE")
+        else: raise ValueError(f"-p takes NAME VALUE or NAME=VALUE, got {' '.join(g)!r} (quote a value that has spaces)")
+        if not k.strip(): raise ValueError(f"-p {' '.join(g)!r} has no parameter name: write -p NAME VALUE")
         params[k.strip()] = v
     return params
 
 def cmd_run(args):
     "Execute one lesson with parameters into an output folder (executed notebook, results.csv, figures)."
     from depthstudy.course import run_lesson
-    print(f"executed {run_lesson(args.lesson, parse_params(args.param), out_dir=args.out, kernel=args.kernel)}")
+    print(f"executed {run_lesson(args.lesson, parse_params(args.param), out_dir=args.out, kernel=args.kernel, progress=_progress())}")
 
 def cmd_reproduce(args):
     "Run every lesson (cached activations make re-runs fast) and render the site."
     from depthstudy.course import reproduce
     done = reproduce(model=args.model, remote=args.remote, out_dir=args.out, lessons=args.lessons,
-                     site=None if args.no_site else args.site, force=args.force)
+                     site=None if args.no_site else args.site, force=args.force, progress=_progress())
     for k, v in done.items(): print(f"{k}: {v}")
 
 def cmd_site(args):
@@ -179,86 +239,175 @@ def cmd_readme(args):
     build_readme(check=args.check)
     print("README.md is current" if args.check else "README.md written from nbs/index.ipynb")
 
-def _common(s, n=20):
-    s.add_argument("--model", default="smollm2-135m", help="embedded name, Hugging Face id or local directory")
-    s.add_argument("--n", type=int, default=n, help="number of texts / items")
-    s.add_argument("--device", default=None); s.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
-    s.add_argument("--out", default=None, help="results CSV (the tidy table); printed when omitted")
-
 # %% ../nbs/09_cli.ipynb #0bfb50ff
+def _model_options(s, n=20, remote=True):
+    "The options of every command that loads one model: --model, --n, --device, --remote, --allow-pickle, --out."
+    s.add_argument("--model", default="smollm2-135m", help="embedded name, Hugging Face id or local folder (default: %(default)s)")
+    if n is not False:
+        s.add_argument("--n", type=positive_int, default=n, help="number of texts / items, at least 1 (default: "
+                       + ("%(default)s)" if n else "all, or the task's own default)"))
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the CPU)")
+    if remote: s.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY; not for embedded models)")
+    s.add_argument("--allow-pickle", action="store_true", help="also load pickle checkpoints (*.bin), which can run code: only for files you trust")
+
+def _out(s):
+    s.add_argument("--out", default=None, help="results CSV (the tidy table; .parquet for parquet); printed when omitted")
+
 def build_parser() -> argparse.ArgumentParser:
-    "The `depthstudy` argument parser (one sub-command per task)."
-    p = argparse.ArgumentParser(prog="depthstudy", description="Which layers of a language model do what: "
-                                "layer-wise probing, logit lens, skipping and maps, on any causal LM, locally or on NDIF.")
+    "The `depthstudy` argument parser (one sub-command per task); its errors are one line (`CLIParser`)."
+    p = CLIParser(prog="depthstudy", description="Which layers of a language model do what: "
+                  "layer-wise probing, logit lens, skipping and maps, on any causal LM, locally or on NDIF.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.commands = sub.choices                                 # name -> its parser, for errors found after parsing
     s = sub.add_parser("models", help="list the models loadable right now"); s.set_defaults(func=cmd_models)
     s = sub.add_parser("trace", help="per-layer residual norm and logit-lens token for one prompt")
-    s.add_argument("--model", default="smollm2-135m"); s.add_argument("--prompt", required=True)
-    s.add_argument("--device", default=None); s.add_argument("--remote", action="store_true")
+    _model_options(s, n=False); s.add_argument("--prompt", required=True, help="the text to follow through the layers")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
     s.set_defaults(func=cmd_trace)
     s = sub.add_parser("cache", help="activation cache: info | clear")
-    s.add_argument("action", choices=["info", "clear"]); s.set_defaults(func=cmd_cache)
+    s.add_argument("action", choices=["info", "clear"], help="info: where it is and how big; clear: delete the cached activations")
+    s.set_defaults(func=cmd_cache)
     s = sub.add_parser("mc", help="study 1: layer-wise multiple-choice accuracy (logit lens or trained probes)")
-    _common(s, n=None); s.add_argument("--task", required=True, help="a task name (depthstudy lessons / TASKS), or generic:PATH")
-    s.add_argument("--mode", choices=["lens", "probe"], default="lens")
+    _model_options(s, n=None); _out(s)
+    s.add_argument("--task", required=True, help="a task name (depthstudy lessons / TASKS), or generic:PATH")
+    s.add_argument("--mode", choices=["lens", "probe"], default="lens", help="score by logit lens, or by trained probes (default: lens)")
     s.add_argument("--faithful", action="store_true", help="the paper's lens: no final norm before the last layer")
     s.add_argument("--length-norm", action="store_true", help="mean instead of sum of the answer tokens' log-probs")
     s.add_argument("--data", default=None, help="the task's data file (default: found under $DEPTHSTUDY_DATA)")
-    s.add_argument("--template", default=None, help='prompt format with {question}, e.g. "Question: {question}\\nAnswer:"')
+    s.add_argument("--template", default=None, help='prompt format with {question}, e.g. "Question: {question}\\nAnswer:" '
+                   '(escapes: \\n, \\t, \\\\; braces: {{ and }})')
     s.add_argument("--keep-header", action="store_true", help="keep the task's few-shot header with --template")
     s.add_argument("--seed", type=int, default=0, help="seed of the random subset of --n items")
     s.set_defaults(func=cmd_mc)
     s = sub.add_parser("depth", help="study 2: contributions, logit lens, skip effects or depth vs hops")
-    _common(s); s.add_argument("--analysis", choices=["contrib", "lens", "skip", "hops"], required=True)
-    s.add_argument("--mode", choices=["block", "attn", "mlp"], default="block")
-    s.add_argument("--variant", choices=["future", "current"], default="future")
+    _model_options(s); _out(s)
+    s.add_argument("--analysis", choices=["contrib", "lens", "skip", "hops"], required=True, help="which study 2 analysis")
+    s.add_argument("--mode", choices=["block", "attn", "mlp"], default="block", help="what is skipped: a whole block or one sublayer")
+    s.add_argument("--variant", choices=["future", "current"], default="future", help="skip effects on later tokens or on the current one")
     s.add_argument("--data", default=None, help="GSM8K test.jsonl (default: $DEPTHSTUDY_DATA/gsm8k/test.jsonl)")
     s.set_defaults(func=cmd_depth)
     s = sub.add_parser("hierarchy", help="study 3: per-layer decoding of items, relations, analogies or documents")
-    _common(s, n=None); s.add_argument("--level", choices=["items", "relations", "analogies", "documents"], required=True)
+    _model_options(s, n=None); _out(s)
+    s.add_argument("--level", choices=["items", "relations", "analogies", "documents"], required=True, help="the stimulus level to decode")
     s.add_argument("--readout", choices=["last", "mean"], default="last", help="last token, or mean over the stimulus tokens")
-    s.add_argument("--site", choices=["resid", "attn", "mlp"], default="resid")
+    s.add_argument("--site", choices=["resid", "attn", "mlp"], default="resid", help="residual stream, or a sublayer's output")
     s.add_argument("--classifier", choices=["svm", "logreg", "ridge"], default=None, help="default: SVM for classes, ridge for continuous labels")
     s.set_defaults(func=cmd_hierarchy)
     s = sub.add_parser("map", help="study 2: linear maps between the layers of two models")
-    s.add_argument("--source", default="smollm2-135m"); s.add_argument("--target", required=True)
-    s.add_argument("--n", type=int, default=20); s.add_argument("--device", default=None)
-    s.add_argument("--data", default=None); s.add_argument("--out", default=None); s.set_defaults(func=cmd_map)
+    s.add_argument("--source", default="smollm2-135m", help="the model mapped from (default: %(default)s)")
+    s.add_argument("--target", required=True, help="the model mapped to: embedded name, Hugging Face id or local folder")
+    s.add_argument("--n", type=positive_int, default=20, help="number of GSM8K texts, at least 1 (default: %(default)s)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the CPU)")
+    s.add_argument("--allow-pickle", action="store_true", help="also load pickle checkpoints (*.bin), which can run code: only for files you trust")
+    s.add_argument("--data", default=None, help="GSM8K test.jsonl (default: $DEPTHSTUDY_DATA/gsm8k/test.jsonl)")
+    _out(s); s.set_defaults(func=cmd_map)
     s = sub.add_parser("lessons", help="list the lessons with their parameters"); s.set_defaults(func=cmd_lessons)
     s = sub.add_parser("run", help="execute a lesson with parameters: depthstudy run LESSON -p NAME VALUE ...")
-    s.add_argument("lesson"); s.add_argument("-p", "--param", action="append", nargs="+", metavar="NAME VALUE",
-                                             help="a lesson parameter: NAME VALUE or NAME=VALUE (repeat -p for more)")
-    s.add_argument("--out", default="runs"); s.add_argument("--kernel", default=None); s.set_defaults(func=cmd_run)
+    s.add_argument("lesson", help="a lesson name (depthstudy lessons), or a unique prefix such as 00")
+    s.add_argument("-p", "--param", action="append", nargs="+", metavar="NAME VALUE",
+                   help="a lesson parameter: NAME VALUE or NAME=VALUE (repeat -p for more)")
+    s.add_argument("--out", default="runs", help="folder for the executed lesson (<out>/<lesson>/; default: %(default)s)")
+    s.add_argument("--kernel", default=None, help="Jupyter kernel to run it in (default: python3)"); s.set_defaults(func=cmd_run)
     s = sub.add_parser("reproduce", help="run every lesson and render the site (the main job)")
     s.add_argument("--model", default=None, help="run the lessons on this model instead of their defaults")
-    s.add_argument("--remote", action="store_true"); s.add_argument("--out", default="runs")
-    s.add_argument("--lessons", nargs="*", default=None); s.add_argument("--site", default="_site")
-    s.add_argument("--no-site", action="store_true"); s.add_argument("--force", action="store_true", help="re-run lessons that are current")
+    s.add_argument("--remote", action="store_true", help="run the lessons on NDIF (needs NDIF_API_KEY and --model hosted there)")
+    s.add_argument("--out", default="runs", help="folder for the executed lessons (default: %(default)s)")
+    s.add_argument("--lessons", nargs="*", default=None, help="only these lessons (default: all)")
+    s.add_argument("--site", default="_site", help="folder the site is written to, replacing it (default: %(default)s)")
+    s.add_argument("--no-site", action="store_true", help="run the lessons only")
+    s.add_argument("--force", action="store_true", help="re-run lessons that are current")
     s.set_defaults(func=cmd_reproduce)
-    s = sub.add_parser("site", help="render the website"); s.add_argument("--out", default="_site")
+    s = sub.add_parser("site", help="render the website")
+    s.add_argument("--out", default="_site", help="folder the site is written to, replacing it (default: %(default)s)")
     s.add_argument("--executed", default=None, help="folder of executed lessons (from run/reproduce)"); s.set_defaults(func=cmd_site)
-    s = sub.add_parser("readme", help="README.md from nbs/index.ipynb"); s.add_argument("--check", action="store_true")
+    s = sub.add_parser("readme", help="README.md from nbs/index.ipynb")
+    s.add_argument("--check", action="store_true", help="only check that README.md is current (exit status 2 if not)")
     s.set_defaults(func=cmd_readme)
     s = sub.add_parser("doctor", help="check this set-up: versions, devices, cache, NDIF key and reachability")
     s.add_argument("--offline", action="store_true", help="do not contact NDIF"); s.set_defaults(func=cmd_doctor)
     return p
 
+# %% ../nbs/09_cli.ipynb #e85a1c46
+MODEL_COMMANDS = ("trace", "mc", "depth", "hierarchy", "map")
+"The commands that load a model in this process (they take `--device` and `--allow-pickle`)."
+
+def check_args(args):
+    """Check everything in `args` that can be checked before a model loads; raises the error the command would
+    meet later: an absent or unknown `--device`, an unusable cache folder (`DEPTHSTUDY_CACHE` a file, not writable),
+    an `--out` that cannot be written, `--remote` with an embedded model or without an NDIF key, `--faithful`
+    with `--mode probe`. Example: `check_args(build_parser().parse_args(["trace", "--prompt", "hi", "--device", "cpu"]))`."""
+    cmd = args.command
+    if cmd in MODEL_COMMANDS + ("run", "reproduce"):
+        from depthstudy.models import check_cache_dir
+        check_cache_dir()
+    elif cmd == "cache":
+        from depthstudy.models import cache_dir
+        cache_dir()
+    if getattr(args, "device", None) is not None:
+        from depthstudy.models import check_device
+        check_device(args.device)
+    out = getattr(args, "out", None)
+    if out and cmd in MODEL_COMMANDS:
+        from depthstudy.results import check_results_path
+        check_results_path(out, "--out")
+    elif out and cmd in ("run", "reproduce"):
+        from depthstudy.results import check_output_folder
+        check_output_folder(out, "--out")
+    if cmd in MODEL_COMMANDS and getattr(args, "remote", False):
+        from depthstudy.course import check_remote
+        check_remote([args.model], "--remote", "--model")
+    if cmd == "mc" and args.faithful and args.mode == "probe":
+        raise ValueError("--faithful is a logit-lens option; probes read the residual stream as it is: drop --faithful or use --mode lens")
+
 # %% ../nbs/09_cli.ipynb #bdf5aba1
+def _quiet_libraries():
+    """Keep the console script's stderr for what the user must read: other libraries' warnings off (unless
+    DEPTHSTUDY_DEBUG is set or python runs with -W; depthstudy's own stay on), and progress bars off when stderr is not
+    a terminal (`_progress`)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.warnoptions and not os.environ.get("DEPTHSTUDY_DEBUG"):
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", module=r"depthstudy\.")   # ours say something to act on (a rebuilt cache)
+    if not _progress():
+        os.environ.setdefault("TQDM_DISABLE", "1"); os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+def _user_errors() -> tuple:
+    """The exception types that mean a mistake the user can fix (a bad name, path, value or set-up), not a bug:
+    ValueError (TaskDataError, CacheDirError, PickleCheckpointError, OutputPathError ...), TypeError, LookupError
+    (ModelNotFoundError ...), OSError (missing files, permissions), and NDIFKeyError, RemoteRunError, LessonError and
+    SecretLeakError from the modules already imported (an error of a module never imported cannot have been raised)."""
+    types = [ValueError, TypeError, LookupError, OSError]
+    for mod, names in (("depthstudy.models", ("NDIFKeyError",)), ("depthstudy.remote", ("RemoteRunError",)),
+                       ("depthstudy.course", ("LessonError", "SecretLeakError"))):
+        if mod in sys.modules: types += [getattr(sys.modules[mod], n) for n in names if hasattr(sys.modules[mod], n)]
+    return tuple(types)
+
 def main(argv=None) -> int:
-    "Entry point of the `depthstudy` console script."
-    from depthstudy.models import ModelNotFoundError, NDIFKeyError, UnknownArchitectureError
-    from depthstudy.remote import RemoteRunError
+    """Entry point of the `depthstudy` console script; returns the exit status.
+
+    Parses `argv` (default: the command line), checks what can be checked before a model loads (`check_args`),
+    then runs the command. A mistake the user can fix ends in ONE line on stderr, `depthstudy CMD: error: ...`, and
+    exit status 2; a bug (any other exception, or a bare KeyError/IndexError) keeps its traceback, and
+    DEPTHSTUDY_DEBUG=1 shows the traceback of user errors too. Run as the console script (`argv` None), library
+    warnings and, when stderr is not a terminal, progress bars are silenced. Example: `main(["models"])` -> 0."""
+    if argv is None: _quiet_libraries()
     p = build_parser()
-    args = p.parse_args(argv)
+    try:
+        args, extra = p.parse_known_args(argv)
+        if extra: p.commands.get(args.command, p).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:                                  # --help, or a parse error already printed in one line
+        return e.code if isinstance(e.code, int) else 0
     if not getattr(args, "func", None):
         p.print_help(); return 0
     try:
+        check_args(args)
         args.func(args)
-    except (ModelNotFoundError, NDIFKeyError, UnknownArchitectureError, RemoteRunError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"depthstudy {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; everything computed so far is in the cache, so re-running resumes", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not isinstance(e, _user_errors()) or type(e) in (KeyError, IndexError) or os.environ.get("DEPTHSTUDY_DEBUG"): raise
+        msg = re.sub(r"\s*\n\s*", " ", str(e).strip()) or type(e).__name__
+        print(f"depthstudy {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     return 0

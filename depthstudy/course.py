@@ -9,8 +9,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'RESERVED', 'SECRET_VARS', 'repo_root', 'lessons_dir', 'lesson_parameters', 'list_lessons',
-           'find_lesson', 'coerce_parameter', 'validate_parameters', 'SecretLeakError', 'scan_for_secrets',
-           'run_lesson', 'reproduce', 'stage_site', 'render_site', 'readme_text', 'build_readme']
+           'find_lesson', 'coerce_parameter', 'check_remote', 'validate_parameters', 'SecretLeakError',
+           'scan_for_secrets', 'LessonError', 'run_lesson', 'reproduce', 'stage_site', 'check_site_folder',
+           'render_site', 'readme_text', 'build_readme']
 
 # %% ../nbs/10_course.ipynb #9823ef13
 PACKAGE_DIR = Path(__file__).resolve().parent if "__file__" in globals() else None
@@ -129,13 +130,31 @@ def coerce_parameter(name: str, value, default):
     if isinstance(value, kind): return value
     raise bad()
 
+# %% ../nbs/10_course.ipynb #a3c9e610
+def check_remote(models, switch: str = "remote=True", model_arg: str = "model"):
+    """Check, without contacting NDIF, that `models` (names) can run remotely: none is an embedded model (those are
+    not hosted on NDIF; `ValueError`) and an NDIF API key is set (`depthstudy.models.NDIFKeyError`). `switch` and
+    `model_arg` name the options in the message (`"--remote"`, `"--model"` for the CLI).
+    Example: `check_remote(["meta-llama/Llama-3.1-8B"])` passes when NDIF_API_KEY is set."""
+    from depthstudy.models import EMBEDDED, NDIFKeyError, ndif_key_present
+    names = [models] if isinstance(models, str) else list(models)
+    embedded = [n for n in names if n in EMBEDDED]
+    if embedded:
+        raise ValueError(f"{switch} runs the model on NDIF, but {embedded[0]!r} is an embedded model, which NDIF does not host: "
+                         f"set {model_arg} to a Hugging Face id that NDIF hosts (`depthstudy doctor` lists some), or run it locally")
+    if not ndif_key_present():
+        raise NDIFKeyError(f"{switch} runs the model on NDIF, which needs an API key, and none is set: get one at "
+                           "https://login.ndif.us and `export NDIF_API_KEY=...` in the shell that runs depthstudy "
+                           "(never pass the key as a parameter)")
+
 # %% ../nbs/10_course.ipynb #35e98a1e
 RESERVED = ("out_dir",)
 
 def validate_parameters(lesson, params: dict | None) -> dict:
     """Check `params` against the `parameters` cell of `lesson` (a name or a path) before anything runs.
     Returns them coerced to the defaults' types. An unknown name raises `ValueError` listing the valid ones,
-    a wrong type `TypeError` saying what was expected; `out_dir` is set by `run_lesson`, not here.
+    a wrong type `TypeError` saying what was expected; `out_dir` is set by `run_lesson`, not here. When the lesson
+    would run with `remote` true, its `model` / `models` are checked by `check_remote` (not embedded; a key is set).
     Example: `validate_parameters("00_first_look", {"top_k": "5"})` -> `{'top_k': 5}`."""
     path = Path(lesson) if str(lesson).endswith(".ipynb") else find_lesson(lesson)
     spec = lesson_parameters(path)
@@ -153,6 +172,11 @@ def validate_parameters(lesson, params: dict | None) -> dict:
             raise ValueError(f"parameter {k} holds the value of NDIF_API_KEY: lessons read the key from the environment; "
                              "never pass it as a parameter (it would be written into the executed notebook)")
         out[k] = coerce_parameter(k, v, spec[k]["default"])
+    values = {**{k: v["default"] for k, v in spec.items()}, **out}   # what the lesson will run with
+    if values.get("remote") is True:
+        names = ([values["model"]] if isinstance(values.get("model"), str) else []) + list(values.get("models") or [])
+        arg = "-p model" if "model" in spec else "-p models"
+        check_remote(names, f"lesson {path.stem} with remote=True", arg)
     return out
 
 # %% ../nbs/10_course.ipynb #2736a3e8
@@ -171,35 +195,75 @@ def scan_for_secrets(folder, names=SECRET_VARS) -> list[Path]:
 # %% ../nbs/10_course.ipynb #76aa781a
 def _executed_path(out_dir, name) -> Path: return Path(out_dir) / name / f"{name}.ipynb"
 
+class LessonError(RuntimeError):
+    "A lesson failed while it ran; the message names the lesson, the cell, the error and the partly executed notebook."
+
+def _check_kernel(kernel: str):
+    "Raise `ValueError` listing the Jupyter kernels here when there is none named `kernel`."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    ksm = KernelSpecManager()
+    try: ksm.get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise ValueError(f"no Jupyter kernel named {kernel!r}; the kernels here are: {', '.join(sorted(ksm.find_kernel_specs()))} "
+                         "(leave the kernel out for python3)") from None
+
+def _logged_kernel_manager(log):
+    """A kernel manager class whose kernels write their own stdout and stderr to the file object `log`: what a lesson
+    prints is in the notebook anyway, and the kernel's start-up warnings and shutdown noise stay off the terminal."""
+    from jupyter_client import AsyncKernelManager
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+    return LoggedKernelManager
+
+def _last_line(log) -> str:
+    log.seek(0)
+    lines = [l.strip() for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
+    return lines[-1][:300] if lines else ""
+
 def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: str | None = None, progress: bool = True) -> Path:
     """Execute lesson `name` with papermill into `out_dir/<name>/`, with `params` overriding its `parameters` cell.
 
-    The parameters are checked first (`validate_parameters`), so a typo fails in a second, before any model loads.
+    The parameters are checked first (`validate_parameters`), and so are `kernel` and that `out_dir` can be written,
+    so a typo fails in a second, before any kernel starts or model loads.
     The lesson gets one more parameter, `out_dir` = that folder (absolute), where it writes `results.csv` (the tidy
-    table) and its figures as PNG; the executed notebook is `out_dir/<name>/<name>.ipynb`. Afterwards every file
+    table) and its figures as PNG; the executed notebook is `out_dir/<name>/<name>.ipynb`. A lesson that fails
+    raises `LessonError` (one line: lesson, cell, error, the partly executed notebook). Afterwards every file
     there is scanned for the value of `NDIF_API_KEY` (and `HF_TOKEN`): if found the files are deleted and
     `SecretLeakError` is raised. Returns the executed notebook's path.
     Example: `run_lesson("00_first_look", {"prompt": "The capital of Italy is"}, out_dir="runs")`."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+    from depthstudy.results import check_output_folder
     src = find_lesson(name)
     name = src.stem
     values = validate_parameters(src, params)
+    kernel = kernel or "python3"
+    _check_kernel(kernel)
+    check_output_folder(out_dir, "the lessons' output folder")
     dest = (Path(out_dir) / name).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     values["out_dir"] = str(dest)
     nb_out = dest / f"{name}.ipynb"
-    try:
-        pm.execute_notebook(str(src), str(nb_out), parameters=values, kernel_name=kernel or "python3", language="python",
-                            progress_bar=progress, cwd=str(dest), log_output=False)
-    except pm.PapermillExecutionError as e:
-        raise RuntimeError(f"lesson {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
-                           f"The partly executed notebook is {nb_out}") from None
-    finally:
-        leaks = scan_for_secrets(dest)
-        if leaks:
-            for p in leaks: p.unlink()
-            raise SecretLeakError(f"lesson {name} wrote the value of a secret (NDIF_API_KEY/HF_TOKEN) into "
-                                  f"{', '.join(p.name for p in leaks)}; those files were deleted. Do not print or pass the key.")
+    with tempfile.TemporaryFile() as log:                # the kernel's own output; deleted afterwards
+        try:
+            pm.execute_notebook(str(src), str(nb_out), parameters=values, kernel_name=kernel, language="python",
+                                progress_bar=progress, cwd=str(dest), log_output=False,
+                                kernel_manager_class=_logged_kernel_manager(log))
+        except pm.PapermillExecutionError as e:
+            why = " ".join(f"{e.ename}: {e.evalue}".split())[:600].rstrip(". ")
+            raise LessonError(f"lesson {name} failed in cell {e.exec_count}: {why}. "
+                              f"The partly executed notebook is {nb_out}") from None
+        except DeadKernelError:
+            last = _last_line(log)
+            raise LessonError(f"lesson {name}: its kernel died ({last or 'out of memory?'}). "
+                              f"The partly executed notebook is {nb_out}") from None
+        finally:
+            leaks = scan_for_secrets(dest)
+            if leaks:
+                for p in leaks: p.unlink()
+                raise SecretLeakError(f"lesson {name} wrote the value of a secret (NDIF_API_KEY/HF_TOKEN) into "
+                                      f"{', '.join(p.name for p in leaks)}; those files were deleted. Do not print or pass the key.")
     return nb_out
 
 # %% ../nbs/10_course.ipynb #e2d05c83
@@ -213,18 +277,25 @@ def reproduce(model: str | None = None, remote: bool = False, out_dir="runs", le
               force: bool = False, progress: bool = True) -> dict:
     """Run every lesson (or those named in `lessons`) into `out_dir`, then render the site from the executed notebooks.
 
-    `model` and `remote` are passed to each lesson that has those parameters. A lesson whose executed notebook is
+    `model` and `remote` are passed to each lesson that has those parameters. Every chosen lesson's parameters, the
+    output folder and the site folder are checked before the first lesson runs. A lesson whose executed notebook is
     newer than its source and ran with the same parameters is skipped (`force=True` reruns it), so an interrupted
     run resumes; activations come from the activation cache, so a rerun is fast anyway. `site=None` skips the site.
     Returns `{lesson: "ran" | "skipped"}` plus `"site": path`. Example: `reproduce(lessons=["00_first_look"], site=None)`."""
+    from depthstudy.results import check_output_folder
     chosen = [find_lesson(n) for n in lessons] if lessons else [l["path"] for l in list_lessons()]
-    done = {}
-    for src in chosen:
+    check_output_folder(out_dir, "the lessons' output folder")
+    if site: check_site_folder(site)
+    plan = []
+    for src in chosen:                                  # check them all before the first one runs
         spec = lesson_parameters(src)
         params = {k: v for k, v in (("model", model), ("remote", remote)) if k in spec and v is not None}
         if "remote" in params and not remote: params.pop("remote")
         values = validate_parameters(src, params)
         values["out_dir"] = str((Path(out_dir) / src.stem).resolve())
+        plan.append((src, params, values))
+    done = {}
+    for src, params, values in plan:
         if not force and _is_current(_executed_path(out_dir, src.stem), src, values):
             done[src.stem] = "skipped"
             if progress: print(f"{src.stem}: up to date, skipped")
@@ -311,10 +382,28 @@ def stage_site(executed_dir=None, root=None) -> Path:
     _write_api_index(stage)
     return stage
 
+def check_site_folder(out) -> Path:
+    """Check that `out` may receive a built site, which replaces the folder: it must be new, empty or an earlier site
+    (it holds `index.html`), and writable. A file, another non-empty folder, the working directory or a folder above
+    it raises `ValueError`, so a mistyped `--site .` never deletes anything. Example: `check_site_folder("_site")`."""
+    from depthstudy.results import check_output_folder
+    p = Path(out).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if p == cwd or p in cwd.parents:
+        raise ValueError(f"site folder {p} is the working directory or a folder above it; rendering replaces the site "
+                         "folder, so give a folder of its own, such as _site")
+    if p.is_dir() and any(p.iterdir()) and not (p / "index.html").is_file():
+        raise ValueError(f"site folder {p} is not empty and holds no index.html, so it is not an earlier site; rendering "
+                         "replaces the folder, so give a new or empty folder, such as _site")
+    check_output_folder(p, "site folder")
+    return p
+
 def render_site(out="_site", executed_dir=None, root=None, quiet: bool = True) -> Path:
     """Build the website into `out`: home page, library chapters, lessons (with the executed outputs in `executed_dir`
     when given, else the outputs stored in the notebooks) and the API reference. Quarto renders it when `quarto` is on
-    PATH, otherwise smalldocs (pure Python). Returns the folder (open `index.html`). Example: `render_site("_site")`."""
+    PATH, otherwise smalldocs (pure Python). `out` is checked first (`check_site_folder`), since it is replaced.
+    Returns the folder (open `index.html`). Example: `render_site("_site")`."""
+    check_site_folder(out)
     stage = stage_site(executed_dir, root)
     built = stage / "_site"
     if shutil.which("quarto"):

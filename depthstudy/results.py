@@ -4,13 +4,14 @@
 
 # %% ../nbs/01b_results.ipynb #e94aa32f
 from __future__ import annotations
-import math
+import importlib.util, math, os, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['COLUMNS', 'tidy', 'bootstrap_ci', 'save_results', 'load_results']
+__all__ = ['COLUMNS', 'tidy', 'bootstrap_ci', 'OutputPathError', 'check_output_folder', 'check_results_path', 'save_results',
+           'load_results']
 
 # %% ../nbs/01b_results.ipynb #5f54e02d
 COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance"]
@@ -60,13 +61,63 @@ def bootstrap_ci(values, stat=np.mean, n_boot: int = 1000, seed: int = 0, level:
     return (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
 
 # %% ../nbs/01b_results.ipynb #9ab1b2dc
+class OutputPathError(ValueError):
+    "A path that cannot be written (a folder where a file is wanted, a path under a file, no write permission); the message says what to pass."
+
+def _folder_problem(p: Path) -> str | None:
+    "Why no file can be written into folder `p` (to be made if missing), in words; None when one can."
+    if p.exists() and not p.is_dir(): return f"{p} is a file, not a folder"
+    folder = p
+    while not folder.exists() and folder != folder.parent: folder = folder.parent   # the nearest folder that exists
+    if not folder.is_dir(): return f"{folder} is a file, not a folder"
+    try:                                                    # permissions alone do not tell (root, read-only mounts)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".depthstudy-write-test.")
+        os.close(fd); os.unlink(probe)
+    except OSError as e: return f"files cannot be created in {folder} ({e.strerror or e})"
+    return None
+
+def check_output_folder(path, what: str = "output folder") -> Path:
+    """Check that files can be written into folder `path` (made later if missing); returns it as a `Path`.
+
+    `path` must not be a file or lie under one, and the nearest of its folders that exists must accept a new file:
+    this is tested by creating and removing a probe file there (nothing else is created). `what` names the path in
+    the `OutputPathError` message. Example: `check_output_folder("runs", "--out")` -> `Path('runs')`."""
+    p = Path(path).expanduser()
+    why = _folder_problem(p)
+    if why: raise OutputPathError(f"cannot write to {what} {p}: {why}; choose a folder you can write to (it is created if missing)")
+    return p
+
+def check_results_path(path, what: str = "results file") -> Path:
+    """Check, before any work is done, that a results table can be written to file `path`; returns it as a `Path`.
+
+    Raises `OutputPathError` when `path` is empty or a folder, when its folder is a file, lies under one or cannot be
+    written (see `check_output_folder`), or when it ends in `.parquet` and no parquet engine is installed.
+    Example: `check_results_path("runs/mc.csv")` -> `Path('runs/mc.csv')`."""
+    if path is None or not str(path).strip():
+        raise OutputPathError(f"the {what} path is empty: give a file name such as results.csv")
+    p = Path(path).expanduser()
+    if p.is_dir(): raise OutputPathError(f"{what} {p} is a folder: give a file path in it, such as {p / 'results.csv'}")
+    why = _folder_problem(p.parent)
+    if why: raise OutputPathError(f"cannot write {what} {p}: {why}; choose a path in a folder you can write to")
+    if p.suffix == ".parquet" and not any(importlib.util.find_spec(m) for m in ("pyarrow", "fastparquet")):
+        raise OutputPathError(f"{what} {p} needs a parquet engine: pip install pyarrow, or write a .csv file instead")
+    return p
+
 def save_results(df: pd.DataFrame, path) -> Path:
-    "Write a results table as CSV (or parquet for a `.parquet` path), atomically; returns the path."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet": df.to_parquet(tmp, index=False)
-    else: df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    """Write a results table as CSV (or parquet for a `.parquet` path), atomically; returns the path.
+
+    The path is checked first (`check_results_path`). The table goes to a hidden temporary file beside `path`,
+    which is renamed over `path` once complete and removed if writing fails, so a failed write leaves nothing
+    behind and never a half-written table. Example: `save_results(df, "runs/mc.csv")`."""
+    path = check_results_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix == ".parquet": df.to_parquet(tmp, index=False)
+        else: df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)                        # after a failure; after success it is already gone
     return path
 
 def load_results(path) -> pd.DataFrame:

@@ -88,3 +88,38 @@ def test_mc_bad_input_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "{question}" in r.stderr
     r = run("mc", "--task", "facts", "--mode", "probe", "--faithful")
     assert r.returncode == 2 and "logit-lens option" in r.stderr
+
+
+def test_every_option_has_help_and_model_commands_allow_pickle():
+    import argparse
+    from depthstudy.cli import build_parser, MODEL_COMMANDS
+    p = build_parser()
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, s in p.commands.items() for a in s._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+    for name in MODEL_COMMANDS:
+        assert any("--allow-pickle" in a.option_strings for a in p.commands[name]._actions), name
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    "Only a user's mistakes become one line; a bug (here a RuntimeError, a bare KeyError) propagates with its traceback."
+    from depthstudy import cli
+    for exc in (RuntimeError("a bug"), KeyError("a bug")):
+        def boom(args, exc=exc): raise exc
+        monkeypatch.setattr(cli, "cmd_lessons", boom)
+        with pytest.raises(type(exc)):
+            cli.main(["lessons"])
+
+
+def test_debug_shows_the_traceback_of_a_user_error():
+    r = run("mc", "--task", "no-such-task", env=dict(os.environ, DEPTHSTUDY_DEBUG="1"))
+    assert r.returncode == 1 and "Traceback" in r.stderr and "unknown task 'no-such-task'" in r.stderr
+
+
+def test_main_in_process_returns_the_status(capsys):
+    from depthstudy.cli import main
+    assert main(["mc", "--task", "facts", "--n", "0"]) == 2
+    assert main(["--help"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["depthstudy mc: error: argument --n: must be at least 1, got 0 (leave the option out for its default)  "
+                   "(see depthstudy mc --help)"]

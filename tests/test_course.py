@@ -142,3 +142,63 @@ def test_readme_text_strips_directives(tmp_path):
             {"output_type": "execute_result", "data": {"text/plain": "1"}, "metadata": {}, "execution_count": None}]}]}
     p = tmp_path / "nb.ipynb"; p.write_text(json.dumps(nb))
     assert course.readme_text(p) == "# T\n\n> s\n\n```python\nx = 1\nx\n```\n\n    1\n"
+
+
+def test_remote_checked_before_running(no_execution, tmp_path, monkeypatch):
+    "remote=True with an embedded model, or without an NDIF key, is refused before papermill starts (one line)."
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"lesson 00_first_look with remote=True .*'smollm2-135m' is an embedded model"):
+        course.run_lesson(LESSON, {"remote": "true"}, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"'gemma3-270m' is an embedded model.*-p models"):
+        course.validate_parameters("04_scale", {"remote": True, "models": ["meta-llama/Llama-3.1-8B", "gemma3-270m"]})
+    hosted = {"remote": "true", "model": "meta-llama/Llama-3.1-8B"}
+    from depthstudy.models import NDIFKeyError, ndif_key_present
+    if not ndif_key_present():                              # (a key saved in nnsight's config would count)
+        with pytest.raises(NDIFKeyError, match="needs an API key, and none is set"):
+            course.run_lesson(LESSON, hosted, out_dir=tmp_path)
+    assert not (tmp_path / LESSON).exists()
+    assert course.validate_parameters(LESSON, {"remote": "false"}) == {"remote": False}
+
+
+def test_lesson_failure_is_one_line(tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise papermill.PapermillExecutionError(3, 4, "1 / 0", "ZeroDivisionError", "division\nby zero", ["Traceback ..."])
+    monkeypatch.setattr(papermill, "execute_notebook", fail)
+    with pytest.raises(course.LessonError) as e:
+        course.run_lesson(LESSON, {}, out_dir=tmp_path, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("lesson 00_first_look failed in cell 4: ZeroDivisionError: division by zero. ")
+    assert msg.endswith(f"The partly executed notebook is {(tmp_path / LESSON / (LESSON + '.ipynb')).resolve()}")
+
+
+def test_kernel_and_output_folder_checked_before_running(no_execution, tmp_path):
+    with pytest.raises(ValueError, match="no Jupyter kernel named 'no-such-kernel'; the kernels here are: .*python3"):
+        course.run_lesson(LESSON, {}, out_dir=tmp_path, kernel="no-such-kernel")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        course.run_lesson(LESSON, {}, out_dir=tmp_path / "file" / "runs")
+
+
+def test_reproduce_checks_every_lesson_before_running_any(no_execution, tmp_path, monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="lesson 00_first_look with remote=True"):
+        course.reproduce(remote=True, out_dir=tmp_path, site=None, progress=False)
+    with pytest.raises(ValueError, match="no lesson 'nope'"):      # nothing ran (no_execution), although 00 comes first
+        course.reproduce(lessons=["00", "nope"], out_dir=tmp_path, site=None, progress=False)
+    (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and holds no index.html"):
+        course.reproduce(lessons=["00"], out_dir=tmp_path, site=tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / LESSON).exists()
+
+
+def test_site_folder_never_replaces_other_files(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and holds no index.html"):
+        course.render_site(tmp_path / "mine")
+    monkeypatch.chdir(tmp_path / "mine")
+    for bad in (".", ".."):
+        with pytest.raises(ValueError, match="working directory or a folder above it"):
+            course.check_site_folder(bad)
+    (tmp_path / "old_site").mkdir(); (tmp_path / "old_site" / "index.html").write_text("<html>")
+    assert course.check_site_folder(tmp_path / "old_site") == (tmp_path / "old_site").resolve()
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
