@@ -1,7 +1,9 @@
-"Every lesson runs end to end under papermill on the embedded model, with small parameters (what CI can afford)."
+"""Every lesson runs end to end under papermill on the embedded model, with small parameters (what CI can afford):
+once with no data folder at all (as on a new user's machine: published data sets are skipped with a note and the
+corpus falls back to generated texts), and, for the lessons that read data sets, once with the reference data."""
 import pandas as pd
 import pytest
-from depthstudy.course import list_lessons, run_lesson
+from depthstudy.course import list_lessons, lesson_parameters, run_lesson
 from depthstudy.results import COLUMNS
 
 # Small parameters per lesson: every lesson must have an entry, so a new lesson cannot skip CI.
@@ -14,16 +16,24 @@ SMALL = {
     "03_hierarchies": dict(n=40, levels=["items", "relations"], n_perm=1, cv=3, sites=["attn"], n_shuffle=100),
     "04_scale": dict(n_items=2, n_texts=2, max_chars=80, layers_step=6, n_stimuli=24, n_perm=0),
 }
-LESSONS = [l["name"] for l in list_lessons()]
+LESSONS = list_lessons()
+READS_DATA = {l["name"] for l in LESSONS if {"data", "data_dir"} & set(l["parameters"])}
+CASES = [pytest.param(l["name"], "none", id=f"{l['name']}-no-data") for l in LESSONS] + \
+        [pytest.param(l["name"], "reference", id=f"{l['name']}-reference-data", marks=pytest.mark.needs_data)
+         for l in LESSONS if l["name"] in READS_DATA]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSONS)
-def test_lesson_runs_with_small_parameters(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,data", CASES)
+def test_lesson_runs_with_small_parameters(name, data, tmp_path, monkeypatch):
     assert SMALL.get(name) is not None, f"add CI parameters for lesson {name} to SMALL in {__file__}"
     monkeypatch.setenv("NDIF_API_KEY", "MARKER-NDIF-KEY-do-not-leak-0042")
+    if data == "none":                                   # a new user's machine: no data folder, no hub
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("DEPTHSTUDY_DATA", str(tmp_path / "empty"))
+        monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
     folder = run_lesson(name, {k: str(v) if not isinstance(v, str) else v for k, v in SMALL[name].items()},
-                        out_dir=tmp_path, progress=False).parent
+                        out_dir=tmp_path / "runs", progress=False).parent
     nb = folder / f"{name}.ipynb"
     assert nb.exists()
     df = pd.read_csv(folder / "results.csv")
@@ -33,3 +43,7 @@ def test_lesson_runs_with_small_parameters(name, tmp_path, monkeypatch):
     for f in folder.rglob("*"):
         if f.is_file():
             assert b"MARKER-NDIF-KEY" not in f.read_bytes(), f"the NDIF key leaked into {f}"
+    text = nb.read_text(encoding="utf-8")
+    if data == "none" and name in READS_DATA:            # the run says what it skipped or replaced, visibly
+        assert "not found" in text or "skipped" in text or "generated" in text, "no note about the missing data"
+    assert str(tmp_path / "empty") not in text, "the executed lesson shows this machine's data path"
