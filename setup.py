@@ -40,6 +40,7 @@ setup(
     python_requires=f">={c['min_python']}",
     packages=find_packages(include=[c["lib_path"], c["lib_path"] + ".*"]),
     include_package_data=True,
+    package_data={c["lib_path"]: ["data/*", "data/*/*"]},
     install_requires=c["requirements"].split(),
     extras_require={
         "dev": c["dev_requirements"].split(),
