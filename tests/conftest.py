@@ -33,6 +33,14 @@ def pytest_runtest_setup(item):
     if item.get_closest_marker("needs_data") and _data_missing(): _skip_or_fail(_data_missing())
 
 
+@pytest.fixture(autouse=True)
+def _own_activation_store(tmp_path, monkeypatch):
+    """Every test gets an empty activation store (subprocesses too, through the environment): no test reads what
+    another computed, and comparisons (engines, local against remote) compare computations, not cache hits.
+    Prepared models stay in the shared cache."""
+    monkeypatch.setenv("DEPTHSTUDY_ACTS", str(tmp_path / "acts"))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if _data_missing(): _skip_or_fail(_data_missing())
@@ -49,32 +57,17 @@ def embedded():
 def byte_tokenizer():
     """Factory for a fast byte-level tokenizer with BOS and character offsets: `byte_tokenizer(merges=())`;
     BPE `merges` such as `[("t", "h")]` tokenise the same text differently (for cross-tokenizer tests)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
-    from transformers import PreTrainedTokenizerFast
-
-    def make(merges=()):
-        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-        vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, **{ch: i + 3 for i, ch in enumerate(alphabet)}}
-        for a, b in merges: vocab.setdefault(a + b, len(vocab))
-        tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
-        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tk.decoder = decoders.ByteLevel()
-        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    return make
+    from depthstudy.models import tiny_tokenizer
+    return lambda merges=(): tiny_tokenizer("bytes", merges)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(byte_tokenizer):
     """Factory for a tiny random-init Llama `Model` over `byte_tokenizer` (any text works, no weights needed):
     `tiny_llama(n_layers=4, hidden=64, seed=0, tok=None, remote=False, name="tiny")`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from depthstudy.models import Model
+    from depthstudy.models import tiny_model
 
     def make(n_layers=4, hidden=64, seed=0, tok=None, remote=False, name="tiny"):
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=4, vocab_size=1000, max_position_embeddings=512)
-        return Model.from_hf(LlamaForCausalLM(cfg).eval(), tok or byte_tokenizer(), name=name, remote=remote)
+        return tiny_model("llama", n_layers=n_layers, d=hidden, seed=seed, remote=remote, tokenizer=tok or byte_tokenizer(),
+                          vocab_size=1000, max_positions=512, name=name)
     return make

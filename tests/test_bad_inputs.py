@@ -57,8 +57,6 @@ CASES = [
     C("out_under_a_file", ["mc", "--task", "facts", "--out", "<plain_file>/r.csv"], r"cannot write --out .*plain\.txt is a file, not a folder"),
     C("out_not_writable", ["depth", "--analysis", "contrib", "--out", "/proc/depthstudy-test/x.csv"], r"cannot write --out /proc/depthstudy-test/x\.csv: files cannot be created in /proc", needs="proc"),
     C("run_out_is_a_file", ["run", "00_first_look", "--out", "<plain_file>"], r"cannot write to --out .*plain\.txt: .* is a file, not a folder"),
-    C("site_out_not_a_site", ["site", "--out", "<full_dir>"], r"site folder .*full is not empty and holds no index\.html"),
-    C("reproduce_site_not_a_site", ["reproduce", "--lessons", "00", "--site", "<full_dir>"], r"site folder .*full is not empty"),
     # task data
     C("unknown_task", ["mc", "--task", "no-such-task"], r"unknown task 'no-such-task'; known: calculation"),
     C("unknown_task_prefix", ["mc", "--task", "csv:<plain_file>"], r"unknown task prefix 'csv'"),
@@ -108,8 +106,8 @@ CASES = [
       r"'gemma3-270m' is an embedded model.*-p models"),
     C("run_remote_without_key", ["run", "00_first_look", "-p", "remote", "true", "-p", "model", "meta-llama/Llama-3.1-8B"],
       r"lesson 00_first_look with remote=True runs the model on NDIF, which needs an API key", env={"NDIF_API_KEY": None}, needs="no_key"),
-    C("reproduce_remote_embedded", ["reproduce", "--remote", "--no-site"], r"^depthstudy reproduce: error: lesson 00_first_look with remote=True"),
-    C("reproduce_unknown_lesson", ["reproduce", "--lessons", "00", "nope", "--no-site"], r"no lesson 'nope'"),
+    C("reproduce_remote_embedded", ["reproduce", "--remote"], r"^depthstudy reproduce: error: lesson 00_first_look with remote=True"),
+    C("reproduce_unknown_lesson", ["reproduce", "--lessons", "00", "nope"], r"no lesson 'nope'"),
     # after the model loads, still one line
     C("trace_prompt_too_long", ["trace", "--prompt", LONG_PROMPT], r"--prompt has \d+ tokens, more than smollm2-135m's context of 8192 tokens", early=False),
     C("lesson_fails_inside_papermill", ["run", "00_first_look", "-p", "model", "no-such-model", "--out", "<runs>"],
@@ -158,7 +156,7 @@ def _missing(needs: set) -> dict:
     if "proc" in needs and not Path("/proc/self").exists(): out["proc"] = "no /proc here (not Linux)"
     if "no_key" in needs:                                  # a key saved in nnsight's config counts even with NDIF_API_KEY unset
         env = {k: v for k, v in os.environ.items() if k != "NDIF_API_KEY"}
-        r = subprocess.run([sys.executable, "-c", "from depthstudy.models import ndif_key_present; print(ndif_key_present())"],
+        r = subprocess.run([sys.executable, "-c", "from depthstudy.ndif import ndif_key_present; print(ndif_key_present())"],
                            capture_output=True, text=True, env=env, timeout=120)
         if r.stdout.strip() == "True": out["no_key"] = "an NDIF key is saved in nnsight's config"
     return out

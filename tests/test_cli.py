@@ -35,7 +35,7 @@ def test_unknown_model_is_a_clear_error_not_a_traceback():
 
 def test_cache_info_and_clear(tmp_path):
     env = dict(os.environ, DEPTHSTUDY_CACHE=str(tmp_path))
-    from depthstudy.cache import ActivationCache
+    from depthstudy.store import ActivationCache
     import torch
     c = ActivationCache(tmp_path / "acts"); c.put(c.key("x"), {"t": torch.ones(3)})
     r = run("cache", "info", env=env)

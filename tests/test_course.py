@@ -5,6 +5,9 @@ import pandas as pd
 import pytest
 import papermill
 from depthstudy import course
+import sys
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dev"))
+import sitebuild   # development tooling (dev/sitebuild.py), outside the package
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = "00_first_look"
@@ -108,29 +111,29 @@ def test_reproduce_skips_a_current_lesson(executed, tmp_path, no_execution):
     # pretend this executed notebook ran with reproduce's parameters (the defaults): it is then current
     nb["metadata"]["papermill"]["parameters"] = {"out_dir": str(dest.resolve())}
     (dest / f"{LESSON}.ipynb").write_text(json.dumps(nb))
-    assert course.reproduce(out_dir=tmp_path, lessons=[LESSON], site=None, progress=False) == {LESSON: "skipped"}
+    assert course.reproduce(out_dir=tmp_path, lessons=[LESSON], progress=False) == {LESSON: "skipped"}
     # another model means other parameters: it must run (and here reaches the patched papermill)
     with pytest.raises(AssertionError, match="papermill was called"):
-        course.reproduce(model="gemma3-270m", out_dir=tmp_path, lessons=[LESSON], site=None, progress=False)
+        course.reproduce(model="gemma3-270m", out_dir=tmp_path, lessons=[LESSON], progress=False)
 
 
 def test_readme_in_sync_with_index():
-    assert course.build_readme(check=True) is True
+    assert sitebuild.build_readme(check=True) is True
 
 
 def test_readme_check_fails_on_stale_copy(tmp_path):
     (tmp_path / "nbs").mkdir()
     shutil.copy(ROOT / "nbs" / "index.ipynb", tmp_path / "nbs" / "index.ipynb")
-    (tmp_path / "README.md").write_text(course.readme_text(ROOT / "nbs" / "index.ipynb"))
-    assert course.build_readme(check=True, root=tmp_path) is True
+    (tmp_path / "README.md").write_text(sitebuild.readme_text(ROOT / "nbs" / "index.ipynb"))
+    assert sitebuild.build_readme(check=True, root=tmp_path) is True
     nb = json.loads((tmp_path / "nbs" / "index.ipynb").read_text())
     nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "## A new section"})
     (tmp_path / "nbs" / "index.ipynb").write_text(json.dumps(nb))
     with pytest.raises(RuntimeError, match="README.md is out of date"):
-        course.build_readme(check=True, root=tmp_path)
-    assert course.build_readme(root=tmp_path) is False           # rewrites it ...
+        sitebuild.build_readme(check=True, root=tmp_path)
+    assert sitebuild.build_readme(root=tmp_path) is False           # rewrites it ...
     assert "## A new section" in (tmp_path / "README.md").read_text()
-    assert course.build_readme(check=True, root=tmp_path) is True  # ... and then it is current
+    assert sitebuild.build_readme(check=True, root=tmp_path) is True  # ... and then it is current
 
 
 def test_readme_text_strips_directives(tmp_path):
@@ -141,7 +144,7 @@ def test_readme_text_strips_directives(tmp_path):
             {"output_type": "stream", "name": "stderr", "text": "progress"},
             {"output_type": "execute_result", "data": {"text/plain": "1"}, "metadata": {}, "execution_count": None}]}]}
     p = tmp_path / "nb.ipynb"; p.write_text(json.dumps(nb))
-    assert course.readme_text(p) == "# T\n\n> s\n\n```python\nx = 1\nx\n```\n\n    1\n"
+    assert sitebuild.readme_text(p) == "# T\n\n> s\n\n```python\nx = 1\nx\n```\n\n    1\n"
 
 
 def test_remote_checked_before_running(no_execution, tmp_path, monkeypatch):
@@ -152,7 +155,7 @@ def test_remote_checked_before_running(no_execution, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"'gemma3-270m' is an embedded model.*-p models"):
         course.validate_parameters("04_scale", {"remote": True, "models": ["meta-llama/Llama-3.1-8B", "gemma3-270m"]})
     hosted = {"remote": "true", "model": "meta-llama/Llama-3.1-8B"}
-    from depthstudy.models import NDIFKeyError, ndif_key_present
+    from depthstudy.ndif import NDIFKeyError, ndif_key_present
     if not ndif_key_present():                              # (a key saved in nnsight's config would count)
         with pytest.raises(NDIFKeyError, match="needs an API key, and none is set"):
             course.run_lesson(LESSON, hosted, out_dir=tmp_path)
@@ -182,23 +185,20 @@ def test_kernel_and_output_folder_checked_before_running(no_execution, tmp_path)
 def test_reproduce_checks_every_lesson_before_running_any(no_execution, tmp_path, monkeypatch):
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     with pytest.raises(ValueError, match="lesson 00_first_look with remote=True"):
-        course.reproduce(remote=True, out_dir=tmp_path, site=None, progress=False)
+        course.reproduce(remote=True, out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="no lesson 'nope'"):      # nothing ran (no_execution), although 00 comes first
-        course.reproduce(lessons=["00", "nope"], out_dir=tmp_path, site=None, progress=False)
-    (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not empty and holds no index.html"):
-        course.reproduce(lessons=["00"], out_dir=tmp_path, site=tmp_path / "mine", progress=False)
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / LESSON).exists()
+        course.reproduce(lessons=["00", "nope"], out_dir=tmp_path, progress=False)
+    assert not (tmp_path / LESSON).exists()
 
 
 def test_site_folder_never_replaces_other_files(tmp_path, monkeypatch):
     (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not empty and holds no index.html"):
-        course.render_site(tmp_path / "mine")
+        sitebuild.render_site(tmp_path / "mine")
     monkeypatch.chdir(tmp_path / "mine")
     for bad in (".", ".."):
         with pytest.raises(ValueError, match="working directory or a folder above it"):
-            course.check_site_folder(bad)
+            sitebuild.check_site_folder(bad)
     (tmp_path / "old_site").mkdir(); (tmp_path / "old_site" / "index.html").write_text("<html>")
-    assert course.check_site_folder(tmp_path / "old_site") == (tmp_path / "old_site").resolve()
+    assert sitebuild.check_site_folder(tmp_path / "old_site") == (tmp_path / "old_site").resolve()
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

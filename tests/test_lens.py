@@ -4,7 +4,8 @@ import pytest
 import torch
 from depthstudy.lens import tokenize_mc, mc_scores, mc_scores_reference, mc_metrics, lens_mc
 from depthstudy.models import tiny_model
-from depthstudy.tasks import MCItem, Template, calculation, factual, load_task
+from depthstudy.items import MCItem, Template
+from depthstudy.tasks import calculation, factual, load_task
 
 
 def mc1(scores, items):
@@ -80,10 +81,10 @@ def tiny_items():
             MCItem("one plus one is", ["two", "three", "four", "the mat"], [0, 1], "toy")]
 
 
-def test_shared_prompt_batching_and_length_norm_do_not_change_scores(tiny):
+def test_batching_and_length_norm_do_not_change_scores(tiny):
     items = tiny_items()
     a = mc_scores(tiny, items, Template(), cache=False, progress=False)
-    b = mc_scores(tiny, items, Template(), share_prompt=True, batch_size=1, cache=False, progress=False)
+    b = mc_scores(tiny, items, Template(), batch_size=1, cache=False, progress=False)   # one item per pass
     ref = mc_scores_reference(tiny.hf, tiny.tokenizer, items, Template(), faithful=False)
     for x, y, r in zip(a, b, ref):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
@@ -135,8 +136,6 @@ def test_mc_metrics_against_hand_computation():
 def test_bad_input_is_refused_clearly(tiny):
     with pytest.raises(ValueError, match="at least one item"): mc_scores(tiny, [], cache=False, progress=False)
     with pytest.raises(ValueError, match="batch_size"): mc_scores(tiny, tiny_items(), batch_size=0, cache=False, progress=False)
-    with pytest.raises(ValueError, match="share_prompt"):
-        mc_scores(tiny, tiny_items(), Template(), share_prompt=True, remote="local", cache=False, progress=False)
     one = MCItem("the cat sat on", ["the mat", ""], [0], "toy")
     with pytest.raises(ValueError, match="adds no token"): tokenize_mc(tiny.tokenizer, [one], Template(fmt="{question}", choice_fmt="{choice}"))
     with pytest.raises(ValueError, match="items"): mc_metrics([np.zeros((3, 4))], tiny_items())
@@ -159,7 +158,8 @@ def test_interrupted_lens_run_resumes_with_only_the_missing_items(embedded, tmp_
     import pandas as pd
     exe = [sys.executable, "-c", "import sys; from depthstudy.cli import main; sys.exit(main())"]
     argv = ["mc", "--task", "facts", "--n", "40", "--mode", "lens"]
-    env = lambda root: dict(os.environ, DEPTHSTUDY_CACHE=str(_cache_with_models(root, embedded)), PYTHONUNBUFFERED="1")
+    env = lambda root: dict(os.environ, DEPTHSTUDY_CACHE=str(_cache_with_models(root, embedded)),
+                            DEPTHSTUDY_ACTS=str(root / "acts"), PYTHONUNBUFFERED="1")
     acts = tmp_path / "a" / "acts"
     entries = lambda: {p.name: p.stat().st_ino for p in acts.glob("*/*.safetensors")} if acts.exists() else {}
     e1 = env(tmp_path / "a")

@@ -3,7 +3,8 @@ import os, time
 import pytest
 import torch
 from depthstudy import models
-from depthstudy.models import ARCHS, Arch, ModelNotFoundError, NDIFKeyError, UnknownArchitectureError, find_arch, load_model, tiny_model
+from depthstudy.models import ARCHS, Arch, ModelNotFoundError, UnknownArchitectureError, find_arch, load_model, tiny_model
+from depthstudy.ndif import NDIFKeyError
 from depthstudy.trace import collect
 
 
@@ -13,12 +14,12 @@ def test_arch_finds_every_part(family):
     assert m.arch is ARCHS[family]
     hf = m.hf
     for path in (m.arch.embed, m.arch.blocks, m.arch.norm, m.arch.head):
-        mod = models._get(hf, path)
+        mod = models.submodule(hf, path)
         assert isinstance(mod, torch.nn.Module), (family, path)
     assert len(m.blocks) == m.n_layers == 3
-    for b in models._get(hf, m.arch.blocks):
-        assert isinstance(models._get(b, m.arch.attn), torch.nn.Module)
-        assert isinstance(models._get(b, m.arch.mlp), torch.nn.Module)
+    for b in models.submodule(hf, m.arch.blocks):
+        assert isinstance(models.submodule(b, m.arch.attn), torch.nn.Module)
+        assert isinstance(models.submodule(b, m.arch.mlp), torch.nn.Module)
 
 
 @pytest.mark.parametrize("family", sorted(ARCHS))
@@ -30,7 +31,7 @@ def test_residuals_match_hf_hidden_states_on_padded_batch(family):
     assert enc["attention_mask"].sum(1).tolist() == acts.lengths.tolist()
     with torch.no_grad():
         hs = m.hf(**enc, output_hidden_states=True).hidden_states
-    final_norm = models._get(m.hf, m.arch.norm)
+    final_norm = models.submodule(m.hf, m.arch.norm)
     for i, n in enumerate(acts.lengths.tolist()):
         for l in range(m.n_layers):
             torch.testing.assert_close(acts.resid[i, l, :n], hs[l][i, :n], atol=1e-5, rtol=0)

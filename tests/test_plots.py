@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from depthstudy import plots
 from depthstudy.plots import (layer_curves, task_layer_heatmap, calc_grid, pair_heatmap, peak_bands, peak_table,
                               compare_models, save_figure, palette, style, HIERARCHY_LLAMA32_3B)
-from depthstudy.probes import peak_band
+from depthstudy.results import peak_band
 
 COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance"]
 

@@ -2,7 +2,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from depthstudy.probes import item_folds, decode_layers, planted, peak_band, mc_probe, alternation, hierarchy, readout_positions
+from depthstudy.probes import item_folds, decode_layers, planted, mc_probe
+from depthstudy.results import peak_band
+from depthstudy.hierarchy import alternation, hierarchy, readout_positions
 from depthstudy.stimuli import stimuli, LEVELS
 
 
@@ -157,7 +159,7 @@ def test_hierarchy_on_tiny_llama_both_readouts():
 
 
 def test_hierarchy_on_embedded_model(embedded, tmp_path):
-    from depthstudy.cache import ActivationCache
+    from depthstudy.store import ActivationCache
     tok = embedded.tokenizer
     texts = ["An apple", "A church and an organ"]
     for t, pos in zip(texts, readout_positions(tok, texts, "mean")):
@@ -213,7 +215,7 @@ def test_several_labels_at_once_equal_one_by_one():
 
 
 def test_skill_and_level_curves():
-    from depthstudy.probes import skill, level_curves
+    from depthstudy.hierarchy import skill, level_curves
     X, y = planted(n=100, n_slots=5, d=24, at=2, seed=7)
     yc = X[:, 2, 0] + 0.5 * np.random.default_rng(2).standard_normal(100)
     df = decode_layers(X, {"b": y, "c": yc}, kind="ridge", n_perm=2).assign(level="toy", site="resid", readout="last")

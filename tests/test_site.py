@@ -7,13 +7,16 @@ from urllib.request import urlopen
 from urllib.error import HTTPError
 import pytest
 from depthstudy import course
+import sys
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dev"))
+import sitebuild   # development tooling (dev/sitebuild.py), outside the package
 
 CHROMEDRIVER, CHROMIUM = "/usr/bin/chromedriver", "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    return course.render_site(tmp_path_factory.mktemp("site") / "_site")
+    return sitebuild.render_site(tmp_path_factory.mktemp("site") / "_site")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,6 @@ def test_site_shows_executed_lessons(tmp_path):
     nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": "EXECUTED-COPY-MARKER"})
     (tmp_path / "00_first_look").mkdir()
     (tmp_path / "00_first_look" / "00_first_look.ipynb").write_text(json.dumps(nb))
-    stage = course.stage_site(executed_dir=tmp_path)
+    stage = sitebuild.stage_site(executed_dir=tmp_path)
     assert "EXECUTED-COPY-MARKER" in (stage / "lessons" / "00_first_look.ipynb").read_text()
     assert "EXECUTED-COPY-MARKER" not in (stage / "index.ipynb").read_text()

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from depthstudy.skip import (skip_effects, skip_raw, depth_score, draw_ts, _run_chunk, _run_chunk_direct, summarise_hops,
-                             depth_trend)
+from depthstudy.skip import skip_effects, skip_raw, depth_score, draw_ts, plan_skip, summarise_hops, depth_trend
+from depthstudy.executor import choose_engine
 
 TEXTS = ["hello world, this is a test", "short one!", "another longer text with several words in it"]
 
@@ -73,11 +73,24 @@ def test_batched_equals_single_skip(tiny, mode, variant, engine):
     assert raw["eff_max"].max() > 0.01          # the skips do something
 
 
-@pytest.mark.parametrize("run", [_run_chunk, _run_chunk_direct])
-def test_clean_rows_have_zero_effect(tiny, run):
+def _saved(model, work, batch, engine):
+    "What one batch's pass saves, by either engine: eff [R, P, L], out [R, P]."
+    got = []                                   # filled inside the trace (a name bound there does not reach this frame)
+    if engine == "direct": got.append(work.direct(model, batch))
+    else:
+        with torch.no_grad(), model.lm.trace(batch.inputs):
+            got.append(work.body(model, batch))
+    return torch.stack(list(got[0]["eff"]), -1), got[0]["out"]
+
+
+@pytest.mark.parametrize("engine", ["nnsight", "direct"])
+def test_clean_rows_have_zero_effect(tiny, engine):
     "Skipping nothing: clean rows packed in a batch with skipped rows show no effect at all (no leakage)."
-    chunk = [(0, [(1, 5), (2, 7)]), (1, [(0, 4)]), (2, [])]
-    eff, out, rows, meas = run(tiny, TEXTS, chunk, "block", "future")
+    work = plan_skip(tiny.tokenizer, tiny.shape, TEXTS, layers=[0, 1, 2], n_t=1, batch_size=64)
+    b = work.batches()[0]
+    assert len(b.spec["pieces"]) == 3                  # the three texts, each with its clean row, in one pass
+    eff, out = _saved(tiny, work, b, engine)
+    rows = b.spec["rows"]
     clean = [r for r, (i, s, t) in enumerate(rows) if s is None]
     assert len(clean) == 3
     assert eff[clean].abs().max() == 0 and out[clean].abs().max() == 0
@@ -93,7 +106,7 @@ def test_dead_block_has_zero_effect(tiny_llama):
         m.hf.model.layers[dead].mlp.down_proj.weight.zero_()
     for mode in ("block", "attn", "mlp"):
         for variant in ("future", "current"):
-            raw = skip_raw(m, TEXTS, mode=mode, variant=variant, n_t=2, progress=False)
+            raw = skip_raw(m, TEXTS, mode=mode, variant=variant, n_t=2, cache=False, progress=False)
             # effects exactly 0; the output only up to float noise (the direct engine computes the clean and the
             # skipped distributions in different head calls)
             assert raw["eff_max"][:, dead].max() == 0 and raw["out_max"][:, dead].max() < 1e-6
@@ -102,7 +115,7 @@ def test_dead_block_has_zero_effect(tiny_llama):
 
 def test_tidy_table_and_depth_score(tiny):
     L = tiny.n_layers
-    df = skip_effects(tiny, TEXTS, n_t=2, progress=False)
+    df = skip_effects(tiny, TEXTS, n_t=2, cache=False, progress=False)
     se = df.query("metric == 'skip_effect'")
     assert (se.layer_b > se.layer).all() and len(se.query("stat == 'max'")) == L * (L - 1) // 2
     assert np.allclose(se.rel_depth_b, se.layer_b.astype(float) / L)
@@ -110,7 +123,7 @@ def test_tidy_table_and_depth_score(tiny):
     mx = se.query("stat == 'max'").set_index(["layer", "layer_b"]).value
     mean = se.query("stat == 'mean'").set_index(["layer", "layer_b"]).value
     assert (mean <= mx + 1e-12).all()
-    per = skip_effects(tiny, TEXTS, n_t=2, per_item=True, progress=False)
+    per = skip_effects(tiny, TEXTS, n_t=2, per_item=True, cache=False, progress=False)
     pm = per.query("metric == 'skip_effect' and stat == 'max'").groupby(["layer", "layer_b"]).value.max()
     np.testing.assert_allclose(pm.sort_index(), mx.sort_index())
     ds = depth_score(per)
@@ -122,14 +135,14 @@ def test_tidy_table_and_depth_score(tiny):
 
 
 def test_layers_subset_and_errors(tiny):
-    a = skip_raw(tiny, TEXTS, layers=[1, 3], progress=False)
-    b = skip_raw(tiny, TEXTS, progress=False)
+    a = skip_raw(tiny, TEXTS, layers=[1, 3], cache=False, progress=False)
+    b = skip_raw(tiny, TEXTS, cache=False, progress=False)
     np.testing.assert_allclose(a["eff_max"], b["eff_max"][:, [1, 3]], atol=1e-6)
-    with pytest.raises(ValueError, match="mode"): skip_raw(tiny, TEXTS, mode="heads", progress=False)
-    with pytest.raises(ValueError, match="variant"): skip_raw(tiny, TEXTS, variant="past", progress=False)
-    with pytest.raises(ValueError, match="out of range"): skip_raw(tiny, TEXTS, layers=[4], progress=False)
-    with pytest.raises(ValueError, match="at least 3"): skip_raw(tiny, ["a"], progress=False)
-    with pytest.raises(ValueError, match="batch_size"): skip_raw(tiny, TEXTS, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="mode"): skip_raw(tiny, TEXTS, mode="heads", cache=False, progress=False)
+    with pytest.raises(ValueError, match="variant"): skip_raw(tiny, TEXTS, variant="past", cache=False, progress=False)
+    with pytest.raises(ValueError, match="out of range"): skip_raw(tiny, TEXTS, layers=[4], cache=False, progress=False)
+    with pytest.raises(ValueError, match="at least 3"): skip_raw(tiny, ["a"], cache=False, progress=False)
+    with pytest.raises(ValueError, match="batch_size"): skip_raw(tiny, TEXTS, batch_size=1, cache=False, progress=False)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "gemma2", "gemma3_text", "gpt2"])
@@ -148,21 +161,21 @@ def test_engines_agree_on_every_family(family):
 
 
 def test_engine_choice(tiny_llama):
-    from depthstudy.skip import _engine
     local, remote = tiny_llama(n_layers=2), tiny_llama(n_layers=2, remote="local")
-    assert _engine(local, "auto") == "direct" and _engine(remote, "auto") == "nnsight"
-    with pytest.raises(ValueError, match="engine"): skip_raw(local, TEXTS, engine="fast", progress=False)
-    with pytest.raises(ValueError, match="remote"): skip_raw(remote, TEXTS, engine="direct", progress=False)
+    work = plan_skip(local.tokenizer, local.shape, TEXTS)
+    assert choose_engine(local, work, False, "auto") == "direct" and choose_engine(remote, work, "local", "auto") == "nnsight"
+    with pytest.raises(ValueError, match="engine"): skip_raw(local, TEXTS, engine="fast", cache=False, progress=False)
+    with pytest.raises(ValueError, match="remote"): skip_raw(remote, TEXTS, engine="direct", cache=False, progress=False)
     n0 = local.n_forward
-    skip_raw(local, TEXTS[:1], progress=False)
+    skip_raw(local, TEXTS[:1], cache=False, progress=False)
     assert local.n_forward > n0                      # the direct engine counts its passes too
 
 
 def test_remote_local_same_numbers(tiny_llama):
     a, b = tiny_llama(n_layers=3), tiny_llama(n_layers=3, remote="local")
     for mode in ("block", "attn"):
-        x = skip_raw(a, TEXTS[:2], mode=mode, n_t=2, progress=False)
-        y = skip_raw(b, TEXTS[:2], mode=mode, n_t=2, progress=False)
+        x = skip_raw(a, TEXTS[:2], mode=mode, n_t=2, cache=False, progress=False)
+        y = skip_raw(b, TEXTS[:2], mode=mode, n_t=2, cache=False, progress=False)
         np.testing.assert_allclose(x["eff_max"], y["eff_max"], atol=1e-6)
         np.testing.assert_allclose(x["out_sum"], y["out_sum"], atol=1e-6)
 
@@ -179,15 +192,15 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
     from depthstudy.skip import depth_vs_hops
     from depthstudy.tasks import Template
     items = hop_items()
-    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, progress=False)
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)
     sc = per.query("metric == 'depth_score'").sort_values("item")
     assert list(sc.hops) == [1, 1, 1, 2, 2, 3] and set(sc.task) == {"toy"} and sc.layer.isna().all()
     # the same numbers as the two-step path: per-item skip effects on the teacher-forced texts -> depth_score
     texts = [Template().prompt(it) + Template().continuation(it.choices[it.correct[0]]) for it in items]
-    ref = depth_score(skip_effects(tiny, texts, n_t=2, per_item=True, progress=False)).sort_values("item")
+    ref = depth_score(skip_effects(tiny, texts, n_t=2, per_item=True, cache=False, progress=False)).sort_values("item")
     np.testing.assert_allclose(sc.value.to_numpy(), ref.depth_score.to_numpy(), rtol=1e-9)
     assert sc.value.between(0, tiny.n_layers - 2).all()
-    summ = depth_vs_hops(tiny, items, n_t=2, progress=False)
+    summ = depth_vs_hops(tiny, items, n_t=2, cache=False, progress=False)
     ds = summ.query("metric == 'depth_score'").set_index("hops")
     assert list(ds.index) == [1, 2, 3] and list(ds.n) == [3, 2, 1]
     for h in (1, 2, 3):
@@ -195,24 +208,24 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
     assert ds.ci_low[1] <= ds.value[1] <= ds.ci_high[1] and np.isnan(ds.ci_low[3])   # one item: no CI
     rel = summ.query("metric == 'rel_depth_score'").set_index("hops").value
     np.testing.assert_allclose(rel.to_numpy(), ds.value.to_numpy() / tiny.n_layers)
-    assert set(depth_vs_hops(tiny, items[:2], n_t=1, task="mine", progress=False).task) == {"mine"}
+    assert set(depth_vs_hops(tiny, items[:2], n_t=1, task="mine", cache=False, progress=False).task) == {"mine"}
 
 
 def test_depth_vs_hops_errors(tiny):
     from depthstudy.skip import depth_vs_hops
     items = hop_items()
     items[2].meta = {}
-    with pytest.raises(ValueError, match="hops"): depth_vs_hops(tiny, items, progress=False)
-    with pytest.raises(ValueError, match="at least one"): depth_vs_hops(tiny, [], progress=False)
-    with pytest.raises(ValueError, match="stat"): depth_vs_hops(tiny, hop_items(), stat="median", progress=False)
+    with pytest.raises(ValueError, match="hops"): depth_vs_hops(tiny, items, cache=False, progress=False)
+    with pytest.raises(ValueError, match="at least one"): depth_vs_hops(tiny, [], cache=False, progress=False)
+    with pytest.raises(ValueError, match="stat"): depth_vs_hops(tiny, hop_items(), stat="median", cache=False, progress=False)
 
 
 def test_summarise_hops_and_depth_trend(tiny):
     from depthstudy.skip import depth_vs_hops
     items = hop_items()
-    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, progress=False)
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)
     # the default summary is summarise_hops of the per-item table
-    summ = depth_vs_hops(tiny, items, n_t=2, progress=False)
+    summ = depth_vs_hops(tiny, items, n_t=2, cache=False, progress=False)
     got = summarise_hops(per)
     assert list(got.columns) == list(summ.columns)
     np.testing.assert_allclose(got.value, summ.value); np.testing.assert_allclose(got.ci_low, summ.ci_low)

@@ -1,7 +1,7 @@
 "collect(): positions, padding, the activation cache, and the NDIF simulation."
 import pytest
 import torch
-from depthstudy.cache import ActivationCache
+from depthstudy.store import ActivationCache
 from depthstudy.models import tiny_model
 from depthstudy.trace import collect, resolve_positions
 
