@@ -242,7 +242,7 @@ def find_data(rel: str, data_dir_=None) -> Path:
     (at `<dir>/<rel>`, then `<dir>/<basename>`), else from the Hugging Face hub cache (fetched once where possible).
 
     Raises `TaskDataMissing` listing every place looked at and what to do.
-    Example: `find_data('seed000/TruthfulQA.csv', '/work/shared/data')`."""
+    Example: `find_data('seed000/TruthfulQA.csv', '/data')`."""
     p, _, looked = _locate(rel, data_dir_)
     if p is not None: return p
     h = _HUB.get(rel)
