@@ -141,18 +141,19 @@ def plan_mc_scores(tokenizer, shape: dict, items, template: Template | None = No
     return Work("lens_mc", keys, pack, _lens_body, _lens_unpack, desc="lens", info=dict(td=td))
 
 # %% ../nbs/10_lens.ipynb #cca551a3
-def mc_scores(model: Model, items, template: Template | None = None, final_norm: bool = True, faithful: bool = False,
-              length_norm: bool = False, batch_size: int = 8, remote=None, cache: bool | ActivationCache = True,
+def mc_scores(model: Model,                  # the model
+              items,                         # `MCItem`s
+              template: Template | None = None, # None: each item's default (`template_for(item.task)`)
+              final_norm: bool = True,       # decode head(norm(h[l])); False: head(h[l]) at every layer
+              faithful: bool = False,        # the official code: no norm before the last layer (overrides final_norm)
+              length_norm: bool = False,     # mean instead of sum of the answer tokens' log-probs
+              batch_size: int = 8,           # items per pass
+              remote=None,                   # None: the model's own; "local" simulates NDIF
+              cache: bool | ActivationCache = True, # each item's log-probs are stored as its batch finishes
               progress: bool = True) -> list:
     """Logit-lens score of every choice of every item at every layer.
 
-    Args: `model`; `items` (`MCItem`s); `template` (`None`: each item's default, `template_for(item.task)`);
-    `final_norm` (decode `head(norm(h[l]))`, the default; `False`: `head(h[l])` at every layer); `faithful` (the
-    official code: no norm before the last layer, the norm at layer L; overrides `final_norm`); `length_norm` (mean
-    instead of sum of the answer tokens' log-probs); `batch_size` (items per pass); `remote` (overrides
-    `model.remote`); `cache` (True: each item's per-layer answer log-probs go to the activation store as soon as its
-    batch finishes, so a repeated or interrupted call computes only the items not yet stored; an `ActivationCache`;
-    False: none); `progress`.
+    A repeated or interrupted call computes only the items not yet in the activation store.
     Returns a list (one per item) of float32 tensors `[n_choices, L + 1]`; column `l` decodes `h[l]`.
     Example: `mc_scores(m, factual(n=4))[0].shape` -> `(5, 31)`.
     """

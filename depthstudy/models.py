@@ -486,21 +486,20 @@ def _check_local_folder(name: str, path: Path, allow_pickle: bool):
     if not safe and not pickled: raise _not_found(name, f"the directory {path} has no weights (*.safetensors)")
 
 # %% ../nbs/06_models.ipynb #94625ca4
-def load_model(name: str = DEFAULT_MODEL, *, device=None, dtype=None, device_map=None, remote=False,
-               trust_remote_code: bool = False, revision: str | None = None, allow_pickle: bool = False,
+def load_model(name: str = DEFAULT_MODEL, # an embedded model (see `EMBEDDED`), a Hugging Face id, or a local folder
+               *,
+               device=None,                # "cpu", "cuda", "cuda:N" or "mps" (checked first: `check_device`)
+               dtype=None,                 # default float32 on CPU, bfloat16 on GPU
+               device_map=None,            # "auto" spreads a model over the GPUs (accelerate); an explicit map offloads too
+               remote=False,               # True: NDIF (needs NDIF_API_KEY); "local": simulate NDIF here
+               trust_remote_code: bool = False, # only if you pass it
+               revision: str | None = None,
+               allow_pickle: bool = False, # also load pickle checkpoints (.bin), which can run code: only files you trust
                progress: bool = True) -> Model:
     """Load a causal LM for depth studies and return a `Model`.
 
-    - `name`: an embedded model (`"smollm2-135m"`, the default; see `EMBEDDED`), a Hugging Face id, or a local directory.
-    - `device`, `dtype`, `device_map`: passed through to transformers (`device_map="auto"` spreads a model over
-      several GPUs with accelerate; an explicit map such as `{"model.layers.0": 0, ..., "lm_head": 1}` works too,
-      and layers mapped to "cpu" or "disk" are offloaded). Default dtype: float32 on CPU, bfloat16 on GPU.
-      Whatever the map, collected activations come back on the CPU in float32. An unknown or absent device fails
-      before any weight is read (`check_device`).
-    - `remote=True`: run traces on NDIF (needs `NDIF_API_KEY`); `remote="local"`: simulate NDIF locally.
-    - `trust_remote_code`: only if you pass it.
-    - `allow_pickle`: weights are read from safetensors only; a checkpoint stored as pickle files (`.bin`) loads only
-      with `allow_pickle=True` (unpickling can run code), else `PickleCheckpointError` says how to convert it.
+    Whatever the device map, collected activations come back on the CPU in float32. A checkpoint stored as pickle
+    files loads only with `allow_pickle=True`, else `PickleCheckpointError` says how to convert it to safetensors.
 
     Example: `m = load_model(); m.n_layers` -> 30.
     """

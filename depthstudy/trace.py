@@ -132,15 +132,22 @@ def plan_collect(tokenizer,                 # the model's tokenizer (a stand-in'
     keys = [dict(prompt=p, positions=ps, sites=sorted(sites), logits=logits) for p, ps in zip(prompts, pos)]
     return Work("collect", keys, pack, _collect_body, _collect_unpack, desc="collect", info=dict(positions=pos, lengths=lengths))
 
-def collect(model: Model, prompts, sites=SITES, positions="last", logits: bool = False, batch_size: int = 8,
-            cache: bool | ActivationCache = True, progress: bool = True, remote=None, request: dict | None = None) -> Acts:
+def collect(model: Model,                # the model (`depthstudy.models.load_model`)
+            prompts,                     # a text or a list of texts
+            sites=SITES,                 # any of "resid" (h[0..L]), "attn", "mlp" (what each block adds)
+            positions="last",            # "last", "all", indices, or one list of indices per prompt (`resolve_positions`)
+            logits: bool = False,        # also the output logits at those positions
+            batch_size: int = 8,         # prompts per forward pass
+            cache: bool | ActivationCache = True, # the activation store (True), another store, or none (False)
+            progress: bool = True,
+            remote=None,                 # None: the model's own; "local" simulates NDIF; True sends to NDIF
+            request: dict | None = None, # executor options, e.g. dict(request_tokens=8192, retries=5)
+           ) -> Acts:
     """Collect the residual stream (`h[0..L]`), attention and MLP outputs of every layer at `positions`.
 
-    One forward pass per batch of `batch_size` prompts (right-padded, so "last" is each prompt's real last
-    token), run by the executor (`depthstudy.executor.run`): each prompt's activations go to the activation store,
-    a repeated call runs no forward pass and an interrupted run resumes from the prompts already stored.
-    `remote` overrides `model.remote` for this call (`"local"` simulates NDIF); `request` passes options to the
-    executor (e.g. `dict(request_tokens=8192, retries=5)`).
+    One forward pass per batch of prompts (right-padded, so "last" is each prompt's real last token), run by the
+    executor (`depthstudy.executor.run`): each prompt's activations go to the activation store, a repeated call runs
+    no forward pass and an interrupted run resumes from the prompts already stored.
 
     Example: `acts = collect(load_model(), ["The capital of France is"]); acts.resid.shape` -> `(1, 31, 1, 576)`.
     """
