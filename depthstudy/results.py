@@ -8,12 +8,13 @@ import importlib.util, math, os, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import stats, special, optimize
 from .config import read_data
 
 # %% auto #0
-__all__ = ['COLUMNS', 'GROUP_KEYS', 'tidy', 'resample', 'percentile_ci', 'bootstrap_ci', 'ratio_ci', 'peak_band', 'published',
-           'OutputPathError', 'check_output_folder', 'check_results_path', 'save_results', 'load_results']
+__all__ = ['COLUMNS', 'GROUP_KEYS', 'tidy', 'resample', 'percentile_ci', 'bootstrap_ci', 'ratio_ci', 'peak_band', 'holm',
+           'detectable_effect', 'localise', 'published', 'OutputPathError', 'check_output_folder', 'check_results_path',
+           'save_results', 'load_results']
 
 # %% ../nbs/01_results.ipynb #5f54e02d
 COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance"]
@@ -145,6 +146,130 @@ def peak_band(df: pd.DataFrame, metric: str, by: str = "task", higher: bool = Tr
                          rel_high=lay[hi] / L))
     out = pd.DataFrame(rows)
     return out[["model", "n_layers"] + [c for c in out.columns if c not in ("model", "n_layers")]]
+
+# %% ../nbs/01_results.ipynb #5f66c555
+def holm(p, axis: int = -1) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values `p` along `axis`: family-wise error control under any dependence
+    between the tests (layers of one model are strongly dependent). Example: `holm([.01, .04, .03])` -> `[.03, .06, .06]`."""
+    p = np.moveaxis(np.asarray(p, float), axis, -1)
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    adj = np.take_along_axis(p, order, -1) * (m - np.arange(m))
+    adj = np.minimum(1.0, np.maximum.accumulate(adj, axis=-1))
+    out = np.empty_like(adj)
+    np.put_along_axis(out, order, adj, -1)
+    return np.moveaxis(out, -1, axis)
+
+def _one_sided_p(s1, s2, n, chance, test):
+    """One-sided p-values of "mean > chance" from per-layer sums `s1` and sums of squares `s2` over `n` items (any leading
+    axes, e.g. bootstrap draws): the exact binomial tail P(X >= s1) for 0/1 scores, else Student's t on n - 1 df."""
+    if test == "binomial":
+        return special.bdtrc(np.rint(s1) - 1, n, chance)          # P(Bin(n, chance) > s1 - 1)
+    m = s1 / n
+    var = np.maximum(s2 / n - m ** 2, 0) * n / (n - 1)
+    se = np.sqrt(var / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (m - chance) / se
+    p = stats.t.sf(t, n - 1)
+    return np.where(se > 0, p, np.where(m > chance, 0.0, 1.0))     # no spread: certain either way
+
+def detectable_effect(n: int,                 # items (units) the per-layer test is over
+                      chance: float = 0.5,    # chance level (binomial test)
+                      n_tests: int = 1,       # tests corrected together (layers)
+                      alpha: float = 0.05,    # family-wise level
+                      power: float = 0.8,     # wanted probability of detecting the effect
+                      test: str = "binomial", # "binomial" (0/1 scores) or "t" (continuous scores)
+                      sd: float | None = None,  # per-item standard deviation of the scores ("t" only)
+                     ) -> float:
+    """The smallest effect above chance that one layer's corrected test detects with probability `power`.
+
+    "binomial": with k* = min{k : P(Bin(n, chance) >= k) <= alpha / n_tests} (the count that the first Holm step,
+    Bonferroni, calls significant), the answer is p1 - chance for the smallest accuracy p1 with
+    P(Bin(n, p1) >= k*) >= power (NaN when even n correct items is not enough). "t": (t_{1-alpha/n_tests, n-1} +
+    t_{power, n-1}) * sd / sqrt(n). Holm's later steps are laxer, so this is the conservative (worst-case) number.
+    Example: `detectable_effect(40, chance=0.25, n_tests=25)` -> about 0.28 (an accuracy of 0.53 is needed)."""
+    if n < 2: raise ValueError(f"need at least 2 items, got {n}")
+    a = alpha / n_tests
+    if test == "t":
+        if sd is None: raise ValueError("test='t' needs the per-item standard deviation sd")
+        return float((stats.t.isf(a, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+    if test != "binomial": raise ValueError(f"test must be 'binomial' or 't', got {test!r}")
+    k = np.arange(n + 1)
+    ok = special.bdtrc(k - 1.0, n, chance) <= a
+    if not ok.any(): return math.nan
+    kstar = float(k[ok.argmax()])
+    return float(optimize.brentq(lambda p1: special.bdtrc(kstar - 1, n, p1) - power, chance, 1.0, xtol=1e-7) - chance)
+
+# %% ../nbs/01_results.ipynb #d4798ddf
+def _first(mask, layers):
+    "Per row of `mask` [..., L], the layer of the first True column (NaN when there is none)."
+    has = mask.any(-1)
+    return np.where(has, layers[mask.argmax(-1)], np.nan)
+
+def _layer_ci(x, level):
+    """Percentile interval of bootstrap layer indices `x` (NaN = none found, counted as 'beyond the last layer'); the
+    quantiles are actual layers (no interpolation). The upper end is NaN when too many draws find none."""
+    a = (1 - level) / 2
+    y = np.where(np.isnan(x), np.inf, x)
+    lo, hi = np.quantile(y, a, method="inverted_cdf"), np.quantile(y, 1 - a, method="inverted_cdf")
+    return (float(lo) if np.isfinite(lo) else math.nan), (float(hi) if np.isfinite(hi) else math.nan)
+
+def localise(V,                     # [n_items, n_layers] per-item scores: 0/1 (e.g. MC1 correct), or any number per item
+             chance,                # chance level: one number, or one per layer
+             n_boot: int = 1000,    # bootstrap draws over items (`resample`); 0: tests only, no intervals
+             seed: int = 0,         # the draws are deterministic per seed
+             alpha: float = 0.05,   # family-wise error rate of the per-layer tests (Holm over layers)
+             test: str = "auto",    # "binomial" (exact, for 0/1 scores), "t" (one-sided t-test) or "auto"
+             layers=None,           # the layer index of each column (default 0..n_layers-1)
+             power: float = 0.8,    # for the smallest detectable effect
+             level: float = 0.95,   # bootstrap interval level
+            ) -> pd.DataFrame:
+    """Where does a curve's ability sit, with uncertainty? Per-layer tests against chance and three landmarks.
+
+    Per layer (metric "mean"): the mean score with a bootstrap interval, `p_value` of the one-sided test "mean >
+    chance" (exact binomial tail for 0/1 scores, else Student's t), `p_holm` (Holm-corrected over the layers) and
+    `above_chance` (`p_holm < alpha`). Landmarks (layer = NaN, value = a layer index, ci = the percentile interval of
+    the landmark over `n_boot` item resamples, `found` = share of resamples where it exists):
+    "best_layer" (argmax of the mean), "first_above_chance" (the first layer with `above_chance`), "half_way" (the
+    first layer whose mean reaches chance + (final - chance) / 2, final = the last layer's mean; none when the
+    last layer is not above chance). And "min_effect": the smallest effect above chance one layer's corrected test
+    detects with probability `power` for these n items and layers (`detectable_effect`).
+    Example: `localise((S_true > S_false_max).astype(int), chance=0.25)` for per-item, per-layer MC1."""
+    V = np.asarray(V, dtype=float)
+    if V.ndim != 2: raise ValueError(f"V must be [n_items, n_layers]; got shape {V.shape}")
+    n, L = V.shape
+    if n < 2 or L < 1: raise ValueError(f"V needs at least 2 items and 1 layer; got shape {V.shape}")
+    if not np.isfinite(V).all(): raise ValueError("V has NaN or infinite scores: drop those items (or layers) first")
+    layers = np.arange(L) if layers is None else np.asarray(list(layers))
+    if len(layers) != L: raise ValueError(f"layers has {len(layers)} entries for {L} columns of V")
+    ch = np.broadcast_to(np.asarray(chance, dtype=float), (L,)).astype(float)
+    binary = bool(np.isin(V, (0.0, 1.0)).all())
+    if test == "auto": test = "binomial" if binary else "t"
+    if test not in ("binomial", "t"): raise ValueError(f"test must be 'auto', 'binomial' or 't', got {test!r}")
+    if test == "binomial" and not binary: raise ValueError("test='binomial' needs 0/1 scores; use test='t' for others")
+    if test == "binomial" and not ((ch > 0) & (ch < 1)).all(): raise ValueError("a binomial test needs 0 < chance < 1")
+    W = np.zeros((n_boot, n))                                            # how often each draw takes each item
+    np.add.at(W, (np.repeat(np.arange(n_boot), n), resample(n, n_boot, seed).ravel()), 1.0)
+    S1 = np.vstack([V.sum(0), W @ V])                                    # row 0: the data, then the draws
+    S2 = np.vstack([(V ** 2).sum(0), W @ V ** 2])
+    M = S1 / n
+    P = _one_sided_p(S1, S2, n, ch, test)
+    PH = holm(P)
+    best = layers[M.argmax(1)].astype(float)
+    first = _first(PH < alpha, layers)
+    thr = ch + (M[:, -1:] - ch[-1]) / 2
+    half = np.where(M[:, -1] > ch[-1], _first(M >= thr, layers), np.nan)
+    mlo, mhi = percentile_ci(M[1:], level) if n_boot else (np.full(L, np.nan), np.full(L, np.nan))
+    rows = [dict(layer=layers[l], metric="mean", value=M[0, l], ci_low=mlo[l], ci_high=mhi[l], n=n, chance=ch[l],
+                 p_value=P[0, l], p_holm=PH[0, l], above_chance=bool(PH[0, l] < alpha)) for l in range(L)]
+    for name, x in (("best_layer", best), ("first_above_chance", first), ("half_way", half)):
+        lo, hi = _layer_ci(x[1:], level) if n_boot else (np.nan, np.nan)
+        rows.append(dict(layer=np.nan, metric=name, value=x[0], ci_low=lo, ci_high=hi, n=n, chance=np.nan,
+                         found=float(np.mean(~np.isnan(x[1:]))) if n_boot else np.nan))
+    sd = float(np.median(V.std(0, ddof=1)))
+    rows.append(dict(layer=np.nan, metric="min_effect", n=n, chance=float(ch.mean()),
+                     value=detectable_effect(n, float(ch.mean()), L, alpha, power, test, sd)))
+    return pd.DataFrame(rows).assign(test=test, alpha=alpha)
 
 # %% ../nbs/01_results.ipynb #bf309402
 def published(paper: str,       # "chen2023", "bogdan2025" or "csordas2025"
