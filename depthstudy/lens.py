@@ -17,7 +17,7 @@ from .executor import Batch, Work, run
 from .trace import lens_logits
 
 # %% auto #0
-__all__ = ['tokenize_mc', 'plan_mc_scores', 'mc_scores', 'mc_scores_reference', 'mc_metrics', 'lens_mc']
+__all__ = ['tokenize_mc', 'plan_mc_scores', 'mc_scores', 'mc_scores_reference', 'item_scores', 'mc_metrics', 'lens_mc']
 
 # %% ../nbs/10_lens.ipynb #fdc11154
 def tokenize_mc(tokenizer, items, template: Template | None = None) -> list[dict]:
@@ -207,6 +207,18 @@ def _item_metrics(S: np.ndarray, correct: list) -> dict:
     return dict(mc1=(S[correct[0]] > max_false).astype(float),
                 mc2=np.exp(np.logaddexp.reduce(S[true], axis=0) - lse_all),
                 mc3=(S[true] > max_false).mean(0))
+
+def item_scores(scores, items, metric: str = "mc1") -> tuple:
+    """Per item and layer, `metric` ("mc1", "mc2" or "mc3") of each item, and each item's chance level:
+    `(V [n_items, L+1], chance [n_items])`, what `depthstudy.results.localise` takes (with the mean chance).
+    Example: `V, ch = item_scores(mc_scores(m, items), items)`."""
+    items = list(items)
+    if len(scores) != len(items): raise ValueError(f"{len(scores)} score tensors for {len(items)} items; pass the same items")
+    if metric not in ("mc1", "mc2", "mc3"): raise ValueError(f"metric must be mc1, mc2 or mc3, got {metric!r}")
+    V = np.stack([_item_metrics(np.asarray(S, dtype=np.float64), list(it.correct))[metric] for S, it in zip(scores, items)])
+    ch = np.array([len(it.correct) / len(it.choices) if metric == "mc2" else 1 / (len(it.choices) - len(it.correct) + 1)
+                   for it in items])
+    return V, ch
 
 def mc_metrics(scores, items, model=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per task, layer and metric (mc1, mc2, mc3): mean over items, 95% bootstrap CI, n and chance, as a tidy table.

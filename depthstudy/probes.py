@@ -16,11 +16,12 @@ from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
 from .results import tidy
 from .items import MCItem
-from .tasks import choice_texts
+from .tasks import choice_texts, item_template
 from .trace import collect, plan_collect
 
 # %% auto #0
-__all__ = ['item_folds', 'decode_layers', 'planted', 'mc_probe', 'plan_probe_mc', 'probe_mc']
+__all__ = ['MIN_PERM', 'item_folds', 'decode_layers', 'planted', 'control_labels', 'planted_types', 'mc_probe', 'plan_probe_mc',
+           'probe_mc']
 
 # %% ../nbs/11_probes.ipynb #9298f7f3
 def _as_groups(groups, n):
@@ -101,14 +102,9 @@ def _auc(pos, score):
     if not n1 or not n0: return np.nan
     return float((stats.rankdata(score)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
-def _r2(y, p):
-    "Held-out R^2 (1 - SSE / SS around the test mean, as sklearn's r2_score); NaN for fewer than 2 test points."
-    if len(y) < 2: return np.nan
-    ss = float(((y - y.mean()) ** 2).sum())
-    return 1 - float(((y - p) ** 2).sum()) / ss if ss > 0 else np.nan
-
-def _ridge_fold(Xtr, Xte, Ytr, sizes, alphas=_ALPHAS):
-    """Closed-form ridge for many targets at once: test predictions [n_te, T] for the columns of `Ytr` [n_tr, T].
+def _ridge_fold(Xtr, Xte, Ytr, sizes, alphas=_ALPHAS, train: bool = False):
+    """Closed-form ridge for many targets at once: test predictions [n_te, T] for the columns of `Ytr` [n_tr, T]
+    (and the training predictions [n_tr, T] too, as a second value, when `train`).
 
     Features are standardised on the training fold; one eigendecomposition of the training Gram matrix serves
     every target and every penalty. The penalty is chosen per block of columns (`sizes`: one block per label or
@@ -128,49 +124,83 @@ def _ridge_fold(Xtr, Xte, Ytr, sizes, alphas=_ALPHAS):
         loo = (Yc - Q @ (f[:, None] * QtY)) / np.maximum(1 - h, 1e-9)[:, None]
         err[i] = np.add.reduceat((loo ** 2).sum(0), starts)
     a_col = np.repeat(alphas[err.argmin(0)], sizes)
-    return (B @ A.T) @ Q @ (QtY / (e[:, None] + a_col[None, :])) + ym
+    coef = QtY / (e[:, None] + a_col[None, :])
+    test = (B @ A.T) @ Q @ coef + ym
+    return (test, Q @ (e[:, None] * coef) + ym) if train else test   # A A^T = Q diag(e) Q^T on the training rows
+
+def _class_metrics(Y, S, classes):
+    """Per column j of the labels `Y` [n, J] and ridge-classifier scores `S` ([n, J] when binary, [n, J, n_classes]
+    otherwise): accuracy, and AUC (rank formula, ties count half) when binary. Returns a dict of [J] arrays."""
+    if len(classes) == 2:
+        pos = Y == classes[1]
+        acc = ((S > 0) == pos).mean(0)
+        n1 = pos.sum(0); n0 = len(Y) - n1
+        R = stats.rankdata(S, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = np.where((n1 > 0) & (n0 > 0), ((R * pos).sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
+        return dict(accuracy=acc, auc=auc)
+    return dict(accuracy=(classes[S.argmax(-1)] == Y).mean(0))
+
+def _r2_cols(Y, P):
+    "Held-out R^2 per column of `Y` [n, J] against predictions `P` [n, J] (NaN for < 2 rows or a constant column)."
+    if len(Y) < 2: return np.full(Y.shape[1], np.nan)
+    ss = ((Y - Y.mean(0)) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss > 0, 1 - ((Y - P) ** 2).sum(0) / ss, np.nan)
 
 def _ridge_scores(Xl, labels, folds):
     """Per-fold metric dicts for one layer, for every target of every label, all fitted together by `_ridge_fold`.
 
-    labels: list of (targets, regression, classes), `targets` = the label and then its permutations. Returns, per
-    label, a list (per target) of lists of per-fold dicts. Classes are coded +-1 (one column when binary,
-    one-vs-rest columns otherwise; prediction = argmax), as scikit-learn's RidgeClassifier does."""
-    out = [[[] for _ in ys] for ys, _, _ in labels]
+    labels: list of (targets, regression, classes, train), `targets` = the label and then its permutations; with
+    `train` the dicts also hold the main metric on the training fold (`train_accuracy` / `train_r2`). Returns, per
+    label, a list (per target) of lists of per-fold dicts (None for a fold without two classes to train on).
+    Classes are coded +-1 (one column when binary, one-vs-rest columns otherwise; prediction = argmax), as
+    scikit-learn's RidgeClassifier does. The metrics of a label and all its permutations are computed at once."""
+    out = [[[] for _ in ys] for ys, _, _, _ in labels]
+    need_train = any(t for *_, t in labels)
     for tr, te in folds:
         blocks, sizes = [], []
-        for ys, regression, classes in labels:
-            cols = None if regression else (classes[1:] if len(classes) == 2 else classes)
-            for y in ys:
-                blocks.append(y[tr, None].astype(float) if regression else np.where(y[tr, None] == cols[None, :], 1.0, -1.0))
-                sizes.append(blocks[-1].shape[1])
-        P = _ridge_fold(Xl[tr], Xl[te], np.concatenate(blocks, 1), sizes)
+        for ys, regression, classes, _ in labels:
+            Y = np.stack(ys, 1)[tr]                                            # [n_tr, J]
+            if regression: blocks.append(Y.astype(float))
+            else:
+                cols = classes[1:] if len(classes) == 2 else classes
+                blocks.append(np.where(Y[:, :, None] == cols[None, None, :], 1.0, -1.0).reshape(len(tr), -1))
+            sizes += [blocks[-1].shape[1] // len(ys)] * len(ys)
+        P = _ridge_fold(Xl[tr], Xl[te], np.concatenate(blocks, 1), sizes, train=need_train)
+        P, Ptr = P if need_train else (P, None)
         c = 0
-        for k, (ys, regression, classes) in enumerate(labels):
-            for j, y in enumerate(ys):
-                w = 1 if regression or len(classes) == 2 else len(classes)
-                s, c = P[:, c:c + w], c + w
-                if regression:
-                    out[k][j].append(dict(r2=_r2(y[te], s[:, 0]))); continue
-                if len(np.unique(y[tr])) < 2: continue                 # a fold without both classes cannot train
-                binary = len(classes) == 2
-                pred = np.where(s[:, 0] > 0, classes[1], classes[0]) if binary else classes[s.argmax(1)]
-                d = dict(accuracy=float((pred == y[te]).mean()))
-                if binary: d["auc"] = _auc(y[te] == classes[1], s[:, 0])
-                out[k][j].append(d)
+        for k, (ys, regression, classes, train) in enumerate(labels):
+            J = len(ys); w = 1 if regression or len(classes) == 2 else len(classes)
+            S, c = P[:, c:c + J * w], c + J * w
+            S_tr = Ptr[:, c - J * w:c] if train else None
+            Yall = np.stack(ys, 1)
+            if regression:
+                m = dict(r2=_r2_cols(Yall[te], S))
+                if train: m["train_r2"] = _r2_cols(Yall[tr], S_tr)
+                ok = np.ones(J, bool)
+            else:
+                if w > 1: S = S.reshape(len(te), J, w); S_tr = S_tr.reshape(len(tr), J, w) if train else None
+                m = _class_metrics(Yall[te], S, classes)
+                if train: m["train_accuracy"] = _class_metrics(Yall[tr], S_tr, classes)["accuracy"]
+                Ytr = Yall[tr]
+                ok = (Ytr != Ytr[:1]).any(0)                                 # a fold without both classes cannot train
+            for j in range(J):
+                out[k][j].append({met: float(v[j]) for met, v in m.items()} if ok[j] else None)
     return out
 
-def _fold_scores(Xl, y, folds, kind, seed, binary):
-    "Per-fold metric dicts for one layer (scikit-learn probes for class labels)."
+def _fold_scores(Xl, y, folds, kind, seed, binary, train: bool = False):
+    "Per-fold metric dicts for one layer (scikit-learn probes for class labels; None for a fold without two classes)."
     out = []
     for tr, te in folds:
-        if len(np.unique(y[tr])) < 2: continue   # a fold without both classes cannot train
+        if len(np.unique(y[tr])) < 2: out.append(None); continue   # a fold without both classes cannot train
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             p = _estimator(kind, seed, len(np.unique(y[tr]))).fit(Xl[tr], y[tr])
         d = dict(accuracy=float((p.predict(Xl[te]) == y[te]).mean()))
         if binary:
             d["auc"] = _auc(y[te] == p.classes_[1], p.decision_function(Xl[te]))
+        if train: d["train_accuracy"] = float((p.predict(Xl[tr]) == y[tr]).mean())
         out.append(d)
     return out
 
@@ -211,9 +241,26 @@ def _label_spec(name, y, kind, n):
     return dict(name=name, y=y, regression=regression, classes=classes, binary=binary, kind=kind,
                 chance=_chance(y, regression, binary))
 
+MIN_PERM = 19
+"Fewest permutations for a permutation p-value: with n_perm of them it cannot go below 1 / (n_perm + 1), so 19 reach 0.05."
+
+def _control_spec(sp, keys, seed):
+    "The control task of label spec `sp`: labels from `control_labels(keys)` with as many classes (floats for a regression)."
+    if sp["regression"]:
+        yc = control_labels(keys, None, seed).astype(float)
+        return dict(sp, y=yc, chance=_chance(yc, True, False))
+    yc = control_labels(keys, len(sp["classes"]), seed)
+    if len(np.unique(yc)) < 2: raise ValueError("the control task needs at least two distinct keys")
+    binary = len(np.unique(yc)) == 2
+    return dict(sp, y=yc, classes=np.unique(yc), binary=binary, chance=_chance(yc, False, binary))
+
+def _vals(folds, met):
+    "The per-fold values of metric `met` (None for folds that could not train)."
+    return [np.nan if d is None else d[met] for d in folds]
+
 def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed: int = 0, n_perm: int = 5,
                   layers=None, task: str = "label", model=None, n_layers: int | None = None,
-                  progress: bool = False, **constants) -> pd.DataFrame:
+                  progress: bool = False, control=None, ref_layer: int | None = None, **constants) -> pd.DataFrame:
     """Fit a linear probe for `y` at every layer of `X` with item-grouped CV; return the tidy table.
 
     X: [N, n_layer_slots, d] activations (e.g. residual [N, L+1, d]); y: [N] labels (str/int classes or
@@ -222,7 +269,18 @@ def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed:
     groups: one item or tuple of items per stimulus (see `item_folds`; None = each stimulus its own);
     kind: "svm" | "logreg" | "ridge". Class labels give metrics accuracy (and auc when binary); float labels with
     kind "ridge" (the default when y has > 10 distinct floats) are regressed, metric r2 (held out);
-    n_perm: label permutations for the baseline (0 = none); layers: subset of layer indices;
+    n_perm: label permutations for the permutation baseline (0 = none; the baseline columns need a few, the
+    p-value `p_perm` needs at least `MIN_PERM` = 19 and is NaN with fewer: n permutations cannot give a p-value
+    below 1/(n+1)); layers: subset of layer indices;
+    control: the control task of Hewitt & Liang (2019): None/False = none; True = one key per stimulus from
+    `groups`; or a list of keys (the word/item TYPE of each stimulus). Labels from `control_labels(keys)` (as many
+    classes as the label; per-type random values for a regression) are decoded with the same probe and folds;
+    metrics "control_train" and "control_test" (accuracy, or r2 for a regression) and "selectivity" = main metric
+    (accuracy / r2) - control_test, per fold. With item-grouped folds control_test sits at chance by construction:
+    control_train shows how much a probe this size can memorise types;
+    ref_layer: a layer to hold every layer against, e.g. 0 (h[0], the embeddings: what the word alone gives);
+    adds columns `gain` = value - value at ref_layer and `gain_low`/`gain_high`, a t interval over the per-fold
+    paired differences (same folds at every layer);
     n_layers: the model's L for `rel_depth` (default `X.shape[1] - 1`, the residual convention).
     Columns beyond the schema: se, baseline (permutation mean), baseline_low/high (its 95% band), p_perm,
     n_train (mean training size after purging), kind, n_folds, readout/site etc. from `constants`.
@@ -233,37 +291,71 @@ def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed:
         specs = [_label_spec(k, v, "ridge" if np.asarray(v).dtype.kind == "f" else kind, len(X)) for k, v in y.items()]
     else: specs = [_label_spec(task, y, kind, len(X))]
     if not specs: raise ValueError("no labels to decode: y is an empty dict")
-    folds = item_folds(_as_groups(groups, len(X)), cv=cv, seed=seed)
+    g = _as_groups(groups, len(X))
+    folds = item_folds(g, cv=cv, seed=seed)
     n_train = float(np.mean([len(tr) for tr, _ in folds]))
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(len(X)) for _ in range(n_perm)]
-    layers = range(X.shape[1]) if layers is None else layers
+    if control is not None and control is not False:
+        keys = g if control is True else list(control)
+        if len(keys) != len(X): raise ValueError(f"control has {len(keys)} keys for {len(X)} stimuli: pass one key (type) per stimulus")
+        for sp in specs: sp["ctrl"] = _control_spec(sp, keys, seed)
+    layers = list(range(X.shape[1]) if layers is None else layers)
+    if ref_layer is not None and not -X.shape[1] <= ref_layer < X.shape[1]:
+        raise ValueError(f"ref_layer {ref_layer} is not a layer of X (0..{X.shape[1] - 1})")
+    if ref_layer is not None: ref_layer = int(ref_layer) % X.shape[1]
+    todo = list(dict.fromkeys(([ref_layer] if ref_layer is not None else []) + layers))
     if progress:
-        from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"decode {task if len(specs) == 1 else len(specs)}")
-    rows = []
+        from tqdm.auto import tqdm; todo = tqdm(todo, desc=f"decode {task if len(specs) == 1 else len(specs)}")
+    res = {}                                          # layer -> label -> (real, [permuted], control) per-fold dicts
     with threadpool_limits(1):
-        for l in layers:
+        for l in todo:
             ridge = [sp for sp in specs if sp["kind"] == "ridge"]
             scores = {}
             if ridge:
                 Xl = X[:, l].astype(np.float64)
-                res = _ridge_scores(Xl, [([sp["y"]] + [sp["y"][p] for p in perms], sp["regression"], sp["classes"])
-                                         for sp in ridge], folds)
-                scores = {sp["name"]: r for sp, r in zip(ridge, res)}
+                labs = [([sp["y"]] + [sp["y"][p] for p in perms], sp["regression"], sp["classes"], False) for sp in ridge]
+                labs += [([sp["ctrl"]["y"]], sp["regression"], sp["ctrl"]["classes"], True) for sp in ridge if "ctrl" in sp]
+                out = _ridge_scores(Xl, labs, folds)
+                ctl = iter(out[len(ridge):])
+                scores = {sp["name"]: (r[0], r[1:], next(ctl)[0] if "ctrl" in sp else None) for sp, r in zip(ridge, out)}
             for sp in specs:
                 if sp["kind"] != "ridge":
-                    scores[sp["name"]] = [_fold_scores(X[:, l], yy, folds, sp["kind"], seed, sp["binary"])
-                                          for yy in [sp["y"]] + [sp["y"][p] for p in perms]]
-                sc, *null = scores[sp["name"]]
-                if not sc: raise ValueError(f"label {sp['name']!r}: no fold has two classes to train on; use more stimuli or a lower cv")
-                for met in sc[0]:
-                    m, se, lo, hi = _summ([s[met] for s in sc])
-                    nm = np.array([np.nanmean([s[met] for s in fs]) for fs in null]) if n_perm else np.array([np.nan])
-                    rows.append(dict(task=sp["name"], layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=len(X),
-                                     chance=sp["chance"][met], se=se, baseline=float(np.mean(nm)),
-                                     baseline_low=float(np.quantile(nm, .025)), baseline_high=float(np.quantile(nm, .975)),
-                                     p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if n_perm else np.nan,
-                                     n_train=n_train, kind=sp["kind"], n_folds=len(sc)))
+                    sc, *null = [_fold_scores(X[:, l], yy, folds, sp["kind"], seed, sp["binary"])
+                                 for yy in [sp["y"]] + [sp["y"][p] for p in perms]]
+                    c = sp.get("ctrl")
+                    scores[sp["name"]] = (sc, null, _fold_scores(X[:, l], c["y"], folds, sp["kind"], seed, c["binary"], True)
+                                          if c else None)
+                if all(d is None for d in scores[sp["name"]][0]):
+                    raise ValueError(f"label {sp['name']!r}: no fold has two classes to train on; use more stimuli or a lower cv")
+            res[l] = scores
+    rows = []
+    for l in layers:
+        for sp in specs:
+            sc, null, ctl = res[l][sp["name"]]
+            mets = next(d for d in sc if d is not None)
+            for met in mets:
+                v = _vals(sc, met)
+                m, se, lo, hi = _summ(v)
+                nm = np.array([np.nanmean(_vals(fs, met)) for fs in null]) if n_perm else np.array([np.nan])
+                row = dict(task=sp["name"], layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=len(X),
+                           chance=sp["chance"][met], se=se, baseline=float(np.mean(nm)),
+                           baseline_low=float(np.quantile(nm, .025)), baseline_high=float(np.quantile(nm, .975)),
+                           p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if n_perm >= MIN_PERM else np.nan,
+                           n_train=n_train, kind=sp["kind"], n_folds=int(np.sum(~np.isnan(v))))
+                if ref_layer is not None:
+                    gm, _, glo, ghi = _summ(np.subtract(v, _vals(res[ref_layer][sp["name"]][0], met)))
+                    row.update(gain=gm, gain_low=glo, gain_high=ghi, ref_layer=ref_layer)
+                rows.append(row)
+            if ctl is None: continue
+            met = "r2" if sp["regression"] else "accuracy"
+            base = dict(task=sp["name"], layer=int(l), n=len(X), n_train=n_train, kind=sp["kind"])
+            for name, v, chance in (("control_train", _vals(ctl, "train_" + met), sp["ctrl"]["chance"][met]),
+                                    ("control_test", _vals(ctl, met), sp["ctrl"]["chance"][met]),
+                                    ("selectivity", np.subtract(_vals(sc, met), _vals(ctl, met)), 0.0)):
+                m, se, lo, hi = _summ(v)
+                rows.append(dict(base, metric=name, value=m, ci_low=lo, ci_high=hi, se=se, chance=chance,
+                                 n_folds=int(np.sum(~np.isnan(v))), source_metric=met))
     return _finish(rows, model, n_layers, X.shape[1], constants)
 
 # %% ../nbs/11_probes.ipynb #87665ea2
@@ -275,6 +367,40 @@ def planted(n=120, n_slots=9, d=64, at=5, strength=1.5, seed=0, continuous=False
     sig = y if continuous else (2 * y - 1)
     X[:, at, 0] += strength * sig
     return X, y
+
+# %% ../nbs/11_probes.ipynb #ca33975b
+def control_labels(keys,                    # one key per stimulus or candidate: its word / item / answer TYPE
+                   n_classes: int | None = 2, # classes to draw; None: a distinct random rank per type
+                   seed: int = 0,
+                  ) -> np.ndarray:
+    """The labels of a control task (Hewitt & Liang, 2019): every distinct key gets one fixed random label.
+
+    Stimuli that share a key always share the label, and nothing else about them matters, so a probe can only
+    solve the task by memorising which type has which label. The types (compared by `repr`, so tuples and
+    numbers work) are put in a seeded random order and labelled 0, 1, ..., n_classes - 1, 0, 1, ... in that
+    order: the classes are balanced over types. `n_classes=None` gives every type its own rank 0..n_types-1.
+    The labels depend on the set of keys and the seed, not on their order.
+    Example: `control_labels(["cat", "dog", "cat"])` -> an array like `[1, 0, 1]`."""
+    keys = [repr(k) for k in keys]
+    types = sorted(set(keys))
+    rank = np.random.default_rng(seed).permutation(len(types))
+    lab = {t: int(r if n_classes is None else r % n_classes) for t, r in zip(types, rank)}
+    return np.array([lab[k] for k in keys], dtype=int)
+
+# %% ../nbs/11_probes.ipynb #1859a4af
+def planted_types(n_types: int = 60, per_type: int = 3, n_slots: int = 4, d: int = 64, at: int = 2,
+                  strength: float = 3.0, noise: float = 0.3, seed: int = 0):
+    """Synthetic stimuli that come in TYPES (words): `per_type` noisy copies of a random type vector per type, at
+    every layer, plus a binary label of the type written along one shared direction at layer `at` only.
+    Returns (X [n_types * per_type, n_slots, d], y, keys), keys = the type of each stimulus. A probe can learn y
+    (it generalises to new types); labels drawn per type at random (`control_labels(keys)`) it can only memorise."""
+    rng = np.random.default_rng(seed)
+    T = rng.standard_normal((n_types, n_slots, d))
+    yt = rng.permutation(np.arange(n_types) % 2)
+    keys = np.repeat(np.arange(n_types), per_type)
+    X = T[keys] + noise * rng.standard_normal((len(keys), n_slots, d))
+    X[:, at, 0] += strength * (2 * yt[keys] - 1)
+    return X.astype(np.float32), yt[keys], [f"type{k}" for k in keys]
 
 # %% ../nbs/11_probes.ipynb #fbd95aca
 def _flatten_mc(acts_by_candidate, correct):
@@ -296,61 +422,94 @@ def _flatten_mc(acts_by_candidate, correct):
 def _mc_acc(scores, lab, item, test_items):
     return float(np.mean([lab[item == i][np.argmax(scores[item == i])] for i in test_items]))
 
+def _mc_control(keys, item, n_items, seed):
+    """The MC control task: each candidate TYPE (its key, e.g. the answer text) gets a fixed random rank
+    (`control_labels(keys, None)`); in every item the candidate whose type ranks highest is the "correct" one."""
+    flat = [k for ks in keys for k in ks]
+    if len(keys) != n_items or len(flat) != len(item):
+        raise ValueError(f"keys must hold one key per candidate of every item ({len(item)} candidates in {n_items} items)")
+    rank = control_labels(flat, None, seed)
+    out = np.zeros(len(item), bool)
+    for i in range(n_items):
+        idx = np.flatnonzero(item == i); out[idx[np.argmax(rank[idx])]] = True
+    return out
+
 def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str = "logreg", layers=None,
-             task: str = "mc", model=None, n_layers: int | None = None, progress: bool = False,
+             task: str = "mc", model=None, n_layers: int | None = None, progress: bool = False, keys=None,
              **constants) -> pd.DataFrame:
-    """Per-layer trained probe for multiple choice, grouped by item, with a shuffled-label control.
+    """Per-layer trained probe for multiple choice, grouped by item, with a permutation null and a control task.
 
     acts_by_candidate: list (one per item) of [n_candidates, n_layer_slots, d] last-token activations;
-    correct: list (one per item) of bool flags per candidate, or of integer indices of the correct candidates.
-    Metrics: "mc1_probe" (argmax of probe scores is a correct candidate), "control" (same with a random
-    candidate per item marked correct), "selectivity" (their per-fold difference); chance = mean of
-    n_correct / n_candidates. Example: `mc_probe([a0, a1, ...], [[True, False, False], ...])`."""
+    correct: list (one per item) of bool flags per candidate, or of integer indices of the correct candidates;
+    keys: list (one per item) of one key per candidate, its TYPE (e.g. the choice strings), for the control task;
+    None: no control task. Metrics: "mc1_probe" (argmax of probe scores is a correct candidate); "shuffled" (the
+    permutation null: the same probe trained and tested with a random candidate of each item marked correct);
+    with `keys`, the control task (Hewitt & Liang 2019; `_mc_control`: the "correct" candidate is the one whose
+    type has the highest fixed random rank) scored like mc1 on the training items ("control_train") and the test
+    items ("control_test"), and "selectivity" = mc1_probe - control_test per fold. chance = mean of n_correct /
+    n_candidates (1 / n_candidates for the control and the null). Example: `mc_probe([a0, a1, ...], [[True, False, False], ...])`."""
     A, lab, item = _flatten_mc(acts_by_candidate, correct)
-    rng = np.random.default_rng(seed)
-    ctrl = np.zeros_like(lab)
-    for i in np.unique(item):                      # control: same number of "correct" per item, chosen at random
-        idx = np.flatnonzero(item == i); ctrl[rng.choice(idx, lab[idx].sum(), replace=False)] = True
     n_items = len(acts_by_candidate)
+    rng = np.random.default_rng(seed)
+    shuf = np.zeros_like(lab)
+    for i in np.unique(item):                      # the null: same number of "correct" per item, chosen at random
+        idx = np.flatnonzero(item == i); shuf[rng.choice(idx, lab[idx].sum(), replace=False)] = True
+    ctrl = None if keys is None else _mc_control(keys, item, n_items, seed)
     ufolds = item_folds([(i,) for i in range(n_items)], cv=cv, seed=seed)
-    folds = [(np.flatnonzero(np.isin(item, tr)), np.flatnonzero(np.isin(item, te)), te) for tr, te in ufolds]
+    folds = [(np.flatnonzero(np.isin(item, tr)), np.flatnonzero(np.isin(item, te)), tr, te) for tr, te in ufolds]
     chance = float(np.mean([lab[item == i].mean() for i in range(n_items)]))
+    chance1 = float(np.mean([1 / np.sum(item == i) for i in range(n_items)]))
     layers = range(A.shape[1]) if layers is None else layers
     if progress:
         from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"mc probe {task}")
     rows = []
     with threadpool_limits(1):   # small dense problems: one BLAS thread is fastest (see decode_layers)
         for l in layers:
-            acc, con = [], []
-            for tr, te, te_items in folds:
-                for labels, out in ((lab, acc), (ctrl, con)):
+            res = dict(mc1_probe=[], shuffled=[], control_train=[], control_test=[])
+            for tr, te, tr_items, te_items in folds:
+                for labels, name in ((lab, "mc1_probe"), (shuf, "shuffled")) + (((ctrl, "control"),) if ctrl is not None else ()):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", ConvergenceWarning)
                         p = _estimator(kind, seed).fit(A[tr, l], labels[tr])
-                    out.append(_mc_acc(p.decision_function(A[:, l]), labels, item, te_items))
-            for met, v in (("mc1_probe", acc), ("control", con), ("selectivity", np.subtract(acc, con))):
+                    s = p.decision_function(A[:, l])
+                    if name == "control":
+                        res["control_train"].append(_mc_acc(s, labels, item, tr_items))
+                        res["control_test"].append(_mc_acc(s, labels, item, te_items))
+                    else: res[name].append(_mc_acc(s, labels, item, te_items))
+            if ctrl is not None: res["selectivity"] = np.subtract(res["mc1_probe"], res["control_test"])
+            for met, v in res.items():
+                if not len(v): continue
                 m, se, lo, hi = _summ(v)
                 lo, hi = (max(lo, -1.0), min(hi, 1.0)) if met == "selectivity" else (max(lo, 0.0), min(hi, 1.0))  # a t-interval over few folds can leave the range
+                ch = 0.0 if met == "selectivity" else chance1 if met.startswith("control") else chance
                 rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
-                                 chance=0.0 if met == "selectivity" else chance, se=se, kind=kind))
+                                 chance=ch, se=se, kind=kind))
     return _finish(rows, model, n_layers, A.shape[1], constants)
 
 # %% ../nbs/11_probes.ipynb #4d53640a
-def plan_probe_mc(tokenizer, shape: dict, items, template=None, batch_size: int = 8):
+def _probe_texts(item, template, question: bool):
+    "The text read for each choice: prompt + continuation, or (`question=False`) the continuation alone."
+    if question: return choice_texts(item, template)[1]
+    t = item_template(item, template)
+    return [t.continuation(c) for c in item.choices]
+
+def plan_probe_mc(tokenizer, shape: dict, items, template=None, batch_size: int = 8, question: bool = True):
     "The collection `probe_mc` runs, as executor work (for cost estimates): every prompt + choice text, `h[l]` at its last token."
-    texts = [t for it in items for t in choice_texts(it, template)[1]]
+    texts = [t for it in items for t in _probe_texts(it, template, question)]
     return plan_collect(tokenizer, shape, texts, sites=("resid",), batch_size=batch_size)
 
 def probe_mc(model, items, template=None, cv: int = 5, seed: int = 0, kind: str = "logreg", batch_size: int = 8,
-             progress: bool = True, layers=None, **kw) -> pd.DataFrame:
+             progress: bool = True, layers=None, question: bool = True, control: bool = True, **kw) -> pd.DataFrame:
     """Train a multiple-choice probe at every layer of `model` on `items`; return the tidy table (one task per `item.task`).
 
     model: a `depthstudy.models.Model`; items: `MCItem`s (>= 2 per task); template: a `Template` (None:
     `template_for(item.task)` per item, as the logit lens does); cv, seed, kind ("logreg" | "svm"), layers: as in
-    `mc_probe`; batch_size, progress and `**kw` (`cache`, `remote`, `request`) go to `depthstudy.trace.collect`.
-    Metrics per layer (0..L, `h[l]` at the last token of prompt + continuation): "mc1_probe", "control",
-    "selectivity". Extra columns: se, kind, site ("resid"), readout ("last").
-    Example: `probe_mc(load_model(), load_task("facts", n=60)).query("metric == 'mc1_probe'")`."""
+    `mc_probe`; question: False reads each choice's continuation alone (no prompt, no question): the *surface
+    baseline*, what the answer text by itself gives away; control: run the control task (keys = the choice
+    strings); batch_size, progress and `**kw` (`cache`, `remote`, `request`) go to `depthstudy.trace.collect`.
+    Metrics per layer (0..L, `h[l]` at the last token of prompt + continuation): "mc1_probe", "shuffled", and with
+    `control` "control_train", "control_test", "selectivity". Extra columns: se, kind, site ("resid"), readout
+    ("last"), question. Example: `probe_mc(load_model(), load_task("facts", n=60)).query("metric == 'mc1_probe'")`."""
     items = list(items)
     if not items: raise ValueError("probe_mc needs at least one item: pass a list of MCItems (e.g. load_task('facts', n=60))")
     bad = [type(it).__name__ for it in items if not hasattr(it, "choices") or not hasattr(it, "correct")]
@@ -361,7 +520,7 @@ def probe_mc(model, items, template=None, cv: int = 5, seed: int = 0, kind: str 
     texts, span = [], []
     for it in items:
         span.append((len(texts), len(texts) + len(it.choices)))
-        texts += choice_texts(it, template)[1]
+        texts += _probe_texts(it, template, question)
     acts = collect(model, texts, sites=("resid",), positions="last", batch_size=batch_size, progress=progress, **kw)
     R = acts.resid[:, :, 0].float().numpy()                       # [n_texts, L+1, d]
     per_item = [R[a:b] for a, b in span]
@@ -370,5 +529,6 @@ def probe_mc(model, items, template=None, cv: int = 5, seed: int = 0, kind: str 
         idx = [i for i, it in enumerate(items) if it.task == task]
         out.append(mc_probe([per_item[i] for i in idx], [items[i].correct for i in idx], cv=min(cv, len(idx)),
                             seed=seed, kind=kind, layers=layers, task=task, model=model, n_layers=model.n_layers,
-                            site="resid", readout="last"))
+                            keys=[list(items[i].choices) for i in idx] if control else None,
+                            site="resid", readout="last", question=question))
     return pd.concat(out, ignore_index=True)

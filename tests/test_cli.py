@@ -1,5 +1,6 @@
 "The depthstudy command line, run as a real subprocess."
 import subprocess, sys, os
+import numpy as np
 import pytest
 
 
@@ -74,7 +75,10 @@ def test_mc_lens_and_probe_write_the_tidy_table(embedded, tmp_path):
     out = tmp_path / "probe.csv"
     r = run("mc", "--task", "facts", "--n", "10", "--mode", "probe", "--template", "Fact: {question}", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert {"mc1_probe", "control", "selectivity"} <= set(load_results(out).metric)
+    df = load_results(out)
+    assert {"mc1_probe", "shuffled", "control_train", "control_test", "selectivity"} <= set(df.metric)
+    wide = df.pivot_table(index=["layer"], columns="metric", values="value")
+    np.testing.assert_allclose(wide.selectivity, wide.mc1_probe - wide.control_test, atol=1e-9)
 
 
 def test_mc_bad_input_is_a_clear_error(tmp_path):

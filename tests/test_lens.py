@@ -163,7 +163,10 @@ def test_interrupted_lens_run_resumes_with_only_the_missing_items(embedded, tmp_
     acts = tmp_path / "a" / "acts"
     entries = lambda: {p.name: p.stat().st_ino for p in acts.glob("*/*.safetensors")} if acts.exists() else {}
     e1 = env(tmp_path / "a")
-    p = subprocess.Popen(exe + argv + ["--out", str(tmp_path / "resumed.csv")], env=e1, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, even when this test runs in a background job (where the shell starts
+    # processes with SIGINT ignored, and Python then never raises KeyboardInterrupt)
+    p = subprocess.Popen(exe + argv + ["--out", str(tmp_path / "resumed.csv")], env=e1, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t = time.time()
     while len(entries()) < 8 and p.poll() is None and time.time() - t < 600: time.sleep(0.05)
     assert p.poll() is None, "the run ended before it could be interrupted: give it more items"
