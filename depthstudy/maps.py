@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from .results import tidy
+from .results import tidy, resample, percentile_ci
 from .trace import collect
 
 # %% auto #0
@@ -73,15 +73,33 @@ def _split(n, test_frac, seed):
     n_test = min(max(1, int(round(test_frac * n))), n - 1)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
+def _text_boot(res, Y, yn, tid, n_texts, boots, level):
+    """Bootstrap intervals over test texts of rel_error (mean per-token relative error) and r2 (1 - SS_res / SS_tot,
+    SS_tot about the resample's own mean), from per-text sums so that each resample costs a matrix product."""
+    if boots is None: return dict(rel_error=(np.nan, np.nan), r2=(np.nan, np.nan))
+    S = torch.zeros(n_texts, len(tid), dtype=torch.float64)
+    S[tid, torch.arange(len(tid))] = 1.0                                          # text x token indicator
+    rel_t, cnt = S @ (res.norm(dim=-1) / yn), S.sum(1)                            # per text: sum of rel errors, tokens
+    ssr_t, sy_t, syy_t = S @ (res ** 2).sum(-1), S @ Y, S @ (Y ** 2).sum(-1)      # SS_res, sum y, sum |y|^2
+    C = torch.from_numpy(np.stack([np.bincount(b, minlength=n_texts) for b in boots])).double()   # [n_boot, texts]
+    n = C @ cnt
+    rel = (C @ rel_t) / n
+    r2 = 1 - (C @ ssr_t) / ((C @ syy_t) - ((C @ sy_t) ** 2).sum(-1) / n).clamp(min=1e-12)
+    return dict(rel_error=percentile_ci(rel.numpy(), level), r2=percentile_ci(r2.numpy(), level))
+
 def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float = 0.2, seed: int = 0,
                 layers_a=None, layers_b=None, batch_size: int = 8, cache=True, task: str = "maps",
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
     """Ridge maps from each `h[i]` of `model_a` to each `h[j]` of `model_b` on the same texts, scored on held-out texts.
 
     Args: `texts` (the corpus; split by text into train and `test_frac` test), `alpha` (ridge strength
     relative to the mean feature variance; 0 = least squares), `layers_a`/`layers_b` (indices into `h`,
     default `1..L`). Returns tidy rows: `layer` = i (source, `rel_depth` = i/L_a), `layer_b` = j,
-    `rel_depth_b` = j/L_b, `model_b`, `n_layers_b`, metric "rel_error" / "r2", `n` = test tokens.
+    `rel_depth_b` = j/L_b, `model_b`, `n_layers_b`, metric "rel_error" / "r2", `n` = test tokens, `n_texts` = test
+    texts, and `ci_low`/`ci_high`: a percentile bootstrap interval over the test texts (`n_boot` resamples of whole
+    texts, since tokens of one text are not independent; NaN with fewer than 2 test texts). The interval says how
+    much the score depends on which texts were held out, not how much the fitted map would change with other
+    training texts.
     Example: `best_match(linear_maps(small, big, gsm8k_texts(n=20)))`.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -100,6 +118,9 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
     def gather(r, ls, which, idx):      # -> [len(ls), n_tokens, d] float64
         xs = [r[i][ls][:, pairs[i][which]] for i in idx if len(pairs[i][which])]
         return torch.cat(xs, 1).double()
+    tid = torch.tensor([k for k, i in enumerate(i for i in test if len(pairs[i][1])) for _ in pairs[i][1]])
+    n_texts = int(tid.max()) + 1 if len(tid) else 0
+    boots = resample(n_texts, n_boot, seed) if n_texts > 1 and n_boot else None
     Xtr, Xte = gather(ra, la, 0, train), gather(ra, la, 0, test)
     Ytr, Yte = gather(rb, lb, 1, train), gather(rb, lb, 1, test)
     if Xtr.shape[1] == 0 or Xte.shape[1] == 0: raise AlignmentError("no aligned tokens in the train or test texts")
@@ -122,8 +143,10 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
             res = Xt @ W + my[b] - Yte[b]
             rel = float((res.norm(dim=-1) / yn[b]).mean())
             r2 = float(1 - (res ** 2).sum() / ss_tot[b].clamp(min=1e-12))
+            cis = _text_boot(res, Yte[b], yn[b], tid, n_texts, boots, level)
             for metric, v in (("rel_error", rel), ("r2", r2)):
                 rows.append(dict(task=task, layer=i, layer_b=j, metric=metric, value=v, n=int(Xte.shape[1]),
+                                 n_texts=n_texts, ci_low=cis[metric][0], ci_high=cis[metric][1],
                                  model_b=model_b.name, n_layers_b=Lb, rel_depth_b=j / Lb, alpha=alpha))
     return tidy(rows, model=model_a)
 

@@ -5,6 +5,7 @@
 # %% ../nbs/13_skip.ipynb #2c1133f3
 from __future__ import annotations
 import numpy as np
+from scipy import stats
 import pandas as pd
 import torch
 import nnsight
@@ -14,11 +15,12 @@ from .items import Template
 from .tasks import corpus_texts
 from .store import ActivationCache
 from .executor import Batch, Work, run, ENGINES, choose_engine
-from .trace import token_lengths
+from .trace import token_lengths, plan_collect
+from .lens import tokenize_mc
 
 # %% auto #0
 __all__ = ['MODES', 'VARIANTS', 'draw_ts', 'plan_skip', 'skip_raw', 'skip_effects', 'depth_score', 'summarise_hops',
-           'depth_trend', 'depth_vs_hops']
+           'detectable_slope', 'depth_trend', 'depth_vs_hops']
 
 # %% ../nbs/13_skip.ipynb #70dc659c
 MODES = ("block", "attn", "mlp")
@@ -411,14 +413,17 @@ def _per_item_table(per, what):
 def summarise_hops(per: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean score per (task, hops) over items, with a bootstrap CI over items (`n` = items with a score), from
     the per-item table of `depth_vs_hops(..., per_item=True)`; this is what `depth_vs_hops` returns by default.
-    Use it to get the summary and the per-item table (e.g. for `depth_trend`) from one run."""
+    Per-item "correct" rows (0/1, from `only_correct`) become metric "accuracy": the share of items the model
+    answers, over all items of that hop count. Use it to get the summary and the per-item table (e.g. for
+    `depth_trend`) from one run."""
     keys = _per_item_table(per, "summarise_hops")
     rows = []
     for key, g in per.groupby(keys + ["hops"], sort=True, dropna=False):
         v = g.value.dropna().to_numpy(float)
         lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-        rows.append(dict(zip(keys + ["hops"], key), value=float(v.mean()) if len(v) else np.nan,
-                         ci_low=lo, ci_high=hi, n=len(v)))
+        row = dict(zip(keys + ["hops"], key), value=float(v.mean()) if len(v) else np.nan, ci_low=lo, ci_high=hi, n=len(v))
+        if row.get("metric") == "correct": row.update(metric="accuracy", chance=float(g["chance"].mean()))
+        rows.append(row)
     out = tidy(rows, layer=np.nan)
     out["hops"] = out["hops"].astype(int)
     return out
@@ -430,14 +435,32 @@ def _slope(x, y):
     den = (xc ** 2).sum()
     return float((xc * (y - y.mean())).sum() / den) if den > 0 else np.nan
 
+def detectable_slope(hops,                # the hop count of every item in the design
+                     sd: float,           # spread of the per-item scores around the fitted line (residual SD)
+                     alpha: float = 0.05, # two-sided level of the slope test
+                     power: float = 0.8,  # wanted probability of detecting the slope
+                    ) -> float:
+    """The smallest slope (score change per hop) that a design with these items detects with probability `power`:
+    `(z_{1-alpha/2} + z_power) * SE`, with `SE = sd / sqrt(sum_i (h_i - mean h)^2)` the least-squares slope's standard
+    error (2.8 x SE at the defaults). More items per hop count, or hop counts further apart, shrink it.
+    Example: `detectable_slope([2] * 20 + [3] * 20 + [4] * 20, sd=0.03)` -> about 0.015 per hop."""
+    h = np.asarray(hops, float)
+    sxx = float(((h - h.mean()) ** 2).sum())
+    if sxx == 0: return np.nan
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * sd / np.sqrt(sxx))
+
 def depth_trend(per: pd.DataFrame, metric: str = "rel_depth_score", n_boot: int = 1000, seed: int = 0,
-                level: float = 0.95) -> pd.DataFrame:
+                level: float = 0.95, power: float = 0.8) -> pd.DataFrame:
     """Does the depth score grow with hops? Per task, the least-squares slope of the per-item `metric` against
     `hops` (change per extra hop), with a bootstrap CI that resamples items within each hop count.
 
     Takes the per-item table of `depth_vs_hops(..., per_item=True)`. Returns tidy rows with metric
     `"<metric>_per_hop"`, `n` = items, `hops` empty; a CI above 0 means the score grows with hops, below 0
-    that it falls, one containing 0 shows no clear change. Example: `depth_trend(depth_vs_hops(m, items, per_item=True))`."""
+    that it falls, one containing 0 shows no clear change. Columns `se` (the slope's standard error from the
+    residual spread) and `min_slope` (`detectable_slope`: the smallest slope this design detects with
+    probability `power`): a CI around 0 rules out slopes larger than about `min_slope`, not every slope.
+    Example: `depth_trend(depth_vs_hops(m, items, per_item=True))`."""
     keys = _per_item_table(per, "depth_trend")
     d = per[(per.metric == metric) & per.value.notna()]
     if d.empty: raise ValueError(f"no per-item rows with metric {metric!r} and a value")
@@ -450,28 +473,71 @@ def depth_trend(per: pd.DataFrame, metric: str = "rel_depth_score", n_boot: int 
         if len(sizes) > 1 and (sizes > 1).all():       # resample items within each hop count
             idx = resample(len(y), n_boot, seed, strata=hops)
             lo, hi = percentile_ci(np.array([_slope(hops, y[i]) for i in idx]), level)
+        sd = se = np.nan
+        if len(y) > 2 and np.isfinite(value):
+            resid = y - (y.mean() + value * (hops - hops.mean()))
+            sd = float(np.sqrt((resid ** 2).sum() / (len(y) - 2)))
+            se = sd / float(np.sqrt(((hops - hops.mean()) ** 2).sum()))
         hs = sorted(set(hops))
-        row = dict(zip(keys, key), value=value, ci_low=lo, ci_high=hi, n=len(g),
-                   hops_tested=",".join(str(int(h)) for h in hs))
+        row = dict(zip(keys, key), value=value, ci_low=lo, ci_high=hi, n=len(g), se=se,
+                   min_slope=detectable_slope(hops, sd, 1 - level, power) if np.isfinite(sd) else np.nan,
+                   hops_tested=",".join(str(int(h)) for h in hs),
+                   n_per_hop=",".join(str(int(sizes[h])) for h in hs))
         row["metric"] = f"{metric}_per_hop"
         rows.append(row)
     return tidy(rows, layer=np.nan)
 
-def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str = "future", n_t: int = 1,
+def _solved(model, items, template, batch_size, remote, progress, cache=False):
+    """Per item, whether the model ranks the correct choice first (MC1, ties wrong): the summed log-probability of
+    each choice's answer tokens under the model's own output (the final layer), from one pass per prompt + choice.
+    Only the output logits at the answer positions are read (`plan_collect(..., logits=True)`), not every layer's
+    lens, and each text stores only its answer tokens' log-probabilities (a few numbers, not a vocabulary of
+    logits): an interrupted run resumes without scoring the stored texts again."""
+    short = [i for i, it in enumerate(items) if len(it.choices) < 2]
+    if short: raise ValueError(f"items {short[:5]} have fewer than 2 choices, so the model's answer cannot be scored; "
+                               "pass only_correct=False to keep every item")
+    td = tokenize_mc(model.tokenizer, items, template)
+    texts, pos, ans = [], [], []
+    for it, d in zip(items, td):
+        p = template.prompt(it)
+        for c, f in zip(it.choices, d["fulls"]):
+            texts.append(p + template.continuation(c))
+            pos.append(list(range(len(d["prompt"]) - 1, len(f) - 1))); ans.append(f[len(d["prompt"]):])
+    base = plan_collect(model.tokenizer, model.shape, texts, sites=(), positions=pos, logits=True, batch_size=batch_size)
+    for k, n in enumerate(base.info["lengths"]): model.check_length(n, f"prompt + choice {k}")
+    def unpack(b, saved):                  # per text: log p(answer token t) at each answer position, nothing more
+        return [dict(lp=d["logits"].double().log_softmax(-1)[torch.arange(len(ans[u])), torch.tensor(ans[u])])
+                for u, d in zip(b.units, base.unpack(b, saved))]
+    work = Work("answer_logprobs", [dict(k, answer=a) for k, a in zip(base.keys, ans)], base.pack, base.body, unpack,
+                desc="scoring answers", info=base.info)
+    per = run(model, work, remote=remote, cache=cache, progress=progress)
+    score = [float(p["lp"].sum()) for p in per]
+    out, k = [], 0
+    for it in items:
+        s = np.array(score[k:k + len(it.choices)]); k += len(it.choices)
+        out.append(bool(s[it.correct[0]] > np.delete(s, list(it.correct)).max()))
+    return np.array(out)
+
+def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str = "future", n_t: int = 4,
                   seed: int = 0, layers=None, batch_size: int = 32, stat: str = "max", task: str | None = None,
                   per_item: bool = False, n_boot: int = 1000, progress: bool = True, engine: str = "auto",
-                  cache: bool | ActivationCache = True, remote=None) -> pd.DataFrame:
+                  cache: bool | ActivationCache = True, remote=None, only_correct: bool = True) -> pd.DataFrame:
     """Depth score (Csordás et al. 2025) per item, summarised per task and number of hops.
 
     Each item (a `depthstudy.tasks.MCItem` with `meta["hops"]`) becomes the text `template.prompt(item) +
     template.continuation(correct answer)`; its skip-effect matrix (see `skip_effects`; `mode`, `variant`,
-    `n_t`, `layers`, `batch_size` as there) gives one depth score. Args: `template` (default
-    `depthstudy.tasks.Template()`); `stat` of the per-item effects ("max" or "mean"); `task` names the rows
+    `n_t`, `layers`, `batch_size` as there) gives one depth score. The defaults are the paper's settings: every
+    layer skipped (`layers=None`) and `n_t=4` positions t per text. `only_correct` (default, as in the paper):
+    first score every item with the model itself (its output distribution, as the logit lens at the last layer:
+    does the correct choice get the highest summed log-probability?), report the accuracy per task and hop count (metric "accuracy"; per item "correct",
+    0/1) and compute depth scores for the solved items only: the depth of a computation the model does not
+    carry out says nothing about that computation. Args: `template` (default `depthstudy.tasks.Template()`,
+    for the texts and the scoring); `stat` of the per-item effects ("max" or "mean"); `task` names the rows
     (default: each item's task without its trailing "-<hops>", e.g. "arith-chain-3" -> "arith-chain");
     `per_item` returns one row per item (columns `item`, `item_id`) instead of the summary (`summarise_hops`
     turns it into the summary, `depth_trend` into the slope per hop). Returns tidy rows with column `hops`,
     metrics "depth_score" (in layers) and "rel_depth_score" (/ L): the mean over items with a bootstrap CI
-    (`n` = items); `layer` is empty (a score is not per layer).
+    (`n` = items), and "accuracy"; `layer` is empty (a score is not per layer).
     Example: `depth_vs_hops(m, arithmetic_chains(1, 10) + arithmetic_chains(3, 10))`.
     """
     items = list(items)
@@ -481,17 +547,25 @@ def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str
     if bad: raise ValueError(f"items {bad[:5]} have no meta['hops']: build them with depthstudy.tasks "
                              "(arithmetic_chains, multihop_facts, gsm8k_by_steps) or set item.meta['hops']")
     if template is None: template = Template()
-    texts = [template.prompt(it) + template.continuation(it.choices[it.correct[0]]) for it in items]
-    raw = skip_raw(model, texts, mode=mode, variant=variant, n_t=n_t, seed=seed, layers=layers,
-                   batch_size=batch_size, progress=progress, engine=engine, cache=cache, remote=remote)
     L = model.n_layers
-    eff = raw["eff_max"] if stat == "max" else raw["eff_sum"] / np.maximum(raw["count"], 1)[:, :, None]
-    scores = _scores(eff, raw["layers"], L)
     hops = [int(it.meta["hops"]) for it in items]
     names = [task or _family(str(getattr(it, "task", "items")), h) for it, h in zip(items, hops)]
     base = dict(mode=mode, variant=variant, stat=stat)
-    rows = [dict(base, task=t, hops=h, metric=mt, value=v, n=1, item=i, item_id=getattr(it, "id", str(i)))
-            for i, (it, t, h, sc) in enumerate(zip(items, names, hops, scores))
-            for mt, v in (("depth_score", sc), ("rel_depth_score", sc / L))]
+    rows = []
+    keep = np.ones(len(items), bool)
+    if only_correct:
+        keep = _solved(model, items, template, min(batch_size, 16), remote, progress, cache)
+        rows += [dict(base, task=t, hops=h, metric="correct", value=float(ok), n=1, item=i, item_id=getattr(it, "id", str(i)),
+                      chance=1 / len(it.choices)) for i, (it, t, h, ok) in enumerate(zip(items, names, hops, keep))]
+    kept = np.flatnonzero(keep)
+    if len(kept):
+        texts = [template.prompt(items[i]) + template.continuation(items[i].choices[items[i].correct[0]]) for i in kept]
+        raw = skip_raw(model, texts, mode=mode, variant=variant, n_t=n_t, seed=seed, layers=layers,
+                       batch_size=batch_size, progress=progress, engine=engine, cache=cache, remote=remote)
+        eff = raw["eff_max"] if stat == "max" else raw["eff_sum"] / np.maximum(raw["count"], 1)[:, :, None]
+        scores = _scores(eff, raw["layers"], L)
+        rows += [dict(base, task=names[i], hops=hops[i], metric=mt, value=v, n=1, item=int(i),
+                      item_id=getattr(items[i], "id", str(i)))
+                 for i, sc in zip(kept, scores) for mt, v in (("depth_score", sc), ("rel_depth_score", sc / L))]
     per = tidy(rows, model=model, layer=np.nan)
     return per if per_item else summarise_hops(per, n_boot=n_boot, seed=seed)

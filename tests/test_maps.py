@@ -97,3 +97,35 @@ def test_remote_local_same_numbers(tiny_llama):
     x = linear_maps(a, a, TEXTS[:4], cache=False, progress=False)
     y = linear_maps(b, b, TEXTS[:4], cache=False, progress=False)
     np.testing.assert_allclose(x.value, y.value, rtol=1e-6, atol=1e-9)
+
+
+def test_text_bootstrap_equals_recomputing_each_resample():
+    "The per-text sums give, for every resample of whole texts, the rel_error and r2 computed from scratch."
+    from depthstudy.maps import _text_boot
+    from depthstudy.results import resample, percentile_ci
+    g = torch.Generator().manual_seed(0)
+    tid = torch.tensor([0] * 5 + [1] * 3 + [2] * 7 + [3] * 4)
+    Y = torch.randn(len(tid), 6, generator=g, dtype=torch.float64) + 2.0
+    res = 0.3 * torch.randn(len(tid), 6, generator=g, dtype=torch.float64) * (1 + tid[:, None])
+    yn = Y.norm(dim=-1)
+    boots = resample(4, 200, seed=3)
+    got = _text_boot(res, Y, yn, tid, 4, boots, 0.9)
+    rel, r2 = [], []
+    for b in boots:
+        idx = torch.cat([torch.nonzero(tid == t).ravel() for t in b])
+        rel.append(float((res[idx].norm(dim=-1) / yn[idx]).mean()))
+        yy = Y[idx]
+        r2.append(float(1 - (res[idx] ** 2).sum() / ((yy - yy.mean(0)) ** 2).sum()))
+    assert np.allclose(got["rel_error"], percentile_ci(np.array(rel), 0.9))
+    assert np.allclose(got["r2"], percentile_ci(np.array(r2), 0.9))
+    assert got["rel_error"][0] < got["rel_error"][1]
+
+
+def test_map_intervals_cover_the_estimate(tiny_llama):
+    a, b = tiny_llama(n_layers=2, seed=1, name="a"), tiny_llama(n_layers=3, seed=2, name="b")
+    df = linear_maps(a, b, TEXTS, test_frac=0.5, n_boot=300, cache=False, progress=False)
+    assert (df.n_texts == int(round(len(TEXTS) * 0.5))).all()
+    assert (df.ci_low <= df.value + 1e-12).all() and (df.value <= df.ci_high + 1e-12).all()
+    assert (df.ci_high > df.ci_low).all()                      # texts differ, so the interval has width
+    one = linear_maps(a, b, TEXTS[:3], test_frac=0.3, cache=False, progress=False)   # one test text: no interval
+    assert one.ci_low.isna().all()

@@ -192,7 +192,7 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
     from depthstudy.skip import depth_vs_hops
     from depthstudy.tasks import Template
     items = hop_items()
-    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, only_correct=False, cache=False, progress=False)
     sc = per.query("metric == 'depth_score'").sort_values("item")
     assert list(sc.hops) == [1, 1, 1, 2, 2, 3] and set(sc.task) == {"toy"} and sc.layer.isna().all()
     # the same numbers as the two-step path: per-item skip effects on the teacher-forced texts -> depth_score
@@ -200,7 +200,7 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
     ref = depth_score(skip_effects(tiny, texts, n_t=2, per_item=True, cache=False, progress=False)).sort_values("item")
     np.testing.assert_allclose(sc.value.to_numpy(), ref.depth_score.to_numpy(), rtol=1e-9)
     assert sc.value.between(0, tiny.n_layers - 2).all()
-    summ = depth_vs_hops(tiny, items, n_t=2, cache=False, progress=False)
+    summ = depth_vs_hops(tiny, items, n_t=2, only_correct=False, cache=False, progress=False)
     ds = summ.query("metric == 'depth_score'").set_index("hops")
     assert list(ds.index) == [1, 2, 3] and list(ds.n) == [3, 2, 1]
     for h in (1, 2, 3):
@@ -208,7 +208,29 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
     assert ds.ci_low[1] <= ds.value[1] <= ds.ci_high[1] and np.isnan(ds.ci_low[3])   # one item: no CI
     rel = summ.query("metric == 'rel_depth_score'").set_index("hops").value
     np.testing.assert_allclose(rel.to_numpy(), ds.value.to_numpy() / tiny.n_layers)
-    assert set(depth_vs_hops(tiny, items[:2], n_t=1, task="mine", cache=False, progress=False).task) == {"mine"}
+    assert set(depth_vs_hops(tiny, items[:2], n_t=1, task="mine", only_correct=False, cache=False,
+                             progress=False).task) == {"mine"}
+
+
+def test_depth_vs_hops_scores_only_the_items_the_model_solves(tiny):
+    "Default (the paper's): each item is first answered by the model; accuracy per hop count; depth only for solved items."
+    from depthstudy.skip import depth_vs_hops
+    from depthstudy.lens import mc_scores
+    from depthstudy.tasks import Template
+    items = hop_items()
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)
+    ok = per.query("metric == 'correct'").sort_values("item")
+    # the model's own answer: MC1 of its output distribution (the lens at the last layer, same template)
+    S = mc_scores(tiny, items, template=Template(), cache=False, progress=False)
+    want = [float(s[0, -1] > s[1, -1]) for s in S]
+    assert ok.value.tolist() == want and 0 < sum(want) < len(want)      # the tiny model solves some, not all
+    solved = set(ok[ok.value == 1].item)
+    assert set(per.query("metric == 'depth_score'").item) == solved
+    summ = depth_vs_hops(tiny, items, n_t=2, cache=False, progress=False)
+    acc = summ.query("metric == 'accuracy'").set_index("hops")
+    for h in (1, 2, 3):
+        assert acc.value[h] == pytest.approx(np.mean([w for w, it in zip(want, items) if it.meta["hops"] == h]))
+    assert (acc.chance == 0.5).all()
 
 
 def test_depth_vs_hops_errors(tiny):
@@ -223,9 +245,9 @@ def test_depth_vs_hops_errors(tiny):
 def test_summarise_hops_and_depth_trend(tiny):
     from depthstudy.skip import depth_vs_hops
     items = hop_items()
-    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)
+    per = depth_vs_hops(tiny, items, n_t=2, per_item=True, only_correct=False, cache=False, progress=False)
     # the default summary is summarise_hops of the per-item table
-    summ = depth_vs_hops(tiny, items, n_t=2, cache=False, progress=False)
+    summ = depth_vs_hops(tiny, items, n_t=2, only_correct=False, cache=False, progress=False)
     got = summarise_hops(per)
     assert list(got.columns) == list(summ.columns)
     np.testing.assert_allclose(got.value, summ.value); np.testing.assert_allclose(got.ci_low, summ.ci_low)
@@ -248,3 +270,36 @@ def test_summarise_hops_and_depth_trend(tiny):
     assert t3.value.iloc[0] == pytest.approx(0.1, abs=0.01) and t3.ci_low.iloc[0] > 0.08
     with pytest.raises(ValueError, match="per_item=True"): depth_trend(summ.drop(columns="hops"))
     with pytest.raises(ValueError, match="per_item=True"): summarise_hops(summ)
+
+
+def test_detectable_slope_has_the_power_it_claims():
+    "A slope equal to detectable_slope is found (two-sided 5% test) in about 80% of simulated designs; half of it rarely."
+    from depthstudy.skip import detectable_slope
+    from scipy import stats
+    hops = np.repeat([2, 3, 4], 20)
+    sd = 0.05
+    d = detectable_slope(hops, sd)
+    assert d == pytest.approx(2.8016 * sd / np.sqrt(((hops - hops.mean()) ** 2).sum()), rel=1e-3)
+    rng = np.random.default_rng(0)
+    def power(slope, runs=2000):
+        hits = 0
+        for _ in range(runs):
+            y = 0.3 + slope * hops + rng.normal(0, sd, len(hops))
+            hits += stats.linregress(hops, y).pvalue < 0.05
+        return hits / runs
+    assert 0.74 < power(d) < 0.86 and power(d / 2) < 0.4
+    assert detectable_slope(np.repeat([2, 3, 4], 80), sd) == pytest.approx(d / 2)      # 4x the items: half the slope
+    assert np.isnan(detectable_slope([3, 3, 3], sd))                                    # one hop count: no slope
+
+
+def test_depth_trend_reports_the_detectable_slope():
+    from depthstudy.skip import depth_trend, detectable_slope
+    rng = np.random.default_rng(1)
+    hops = np.repeat([1, 2, 3], 15)
+    y = 0.4 + 0.02 * hops + rng.normal(0, 0.05, len(hops))
+    per = pd.DataFrame(dict(model="m", n_layers=10, task="t", layer=np.nan, hops=hops, metric="rel_depth_score", value=y, n=1, item=range(len(y))))
+    tr = depth_trend(per, n_boot=300)
+    fit = np.polyfit(hops, y, 1)
+    sd = np.sqrt(((y - np.polyval(fit, hops)) ** 2).sum() / (len(y) - 2))
+    assert tr.value.item() == pytest.approx(fit[0])
+    assert tr.min_slope.item() == pytest.approx(detectable_slope(hops, sd)) and tr.n_per_hop.item() == "15,15,15"
