@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from .results import tidy, GROUP_KEYS
-from .stimuli import stimuli, LEVELS
+from .stimuli import stimuli, LEVELS, CONTROL_LEVELS, one_pair
 from .trace import collect, plan_collect
 from .probes import decode_layers
 
 # %% auto #0
-__all__ = ['skill', 'level_curves', 'alternation', 'readout_positions', 'plan_hierarchy', 'hierarchy']
+__all__ = ['skill', 'level_curves', 'alternation', 'readout_positions', 'plan_hierarchy', 'hierarchy', 'embedding_gain']
 
 # %% ../nbs/15_hierarchy.ipynb #be7f7315
 _MAIN = ("auc", "accuracy", "r2")
@@ -21,7 +21,7 @@ _MAIN = ("auc", "accuracy", "r2")
 def skill(df: pd.DataFrame) -> pd.DataFrame:
     """Chance-normalised decodability, `(value - chance) / (1 - chance)`, of each label's main metric (auc if present,
     else accuracy, else r2), per layer: metric "skill", chance 0; ci_low/high, se, baseline, baseline_low/high
-    rescaled alike; `source_metric` keeps the original. Example: `skill(hierarchy(m, "items"))`."""
+    rescaled alike (gain, gain_low/high: divided by 1 - chance); `source_metric` keeps the original. Example: `skill(hierarchy(m, "items"))`."""
     keys = ["model", "task"] + [k for k in GROUP_KEYS if k in df.columns]
     parts = []
     for _, g in df.groupby(keys, sort=False, dropna=False):
@@ -33,6 +33,8 @@ def skill(df: pd.DataFrame) -> pd.DataFrame:
         for col in ("value", "ci_low", "ci_high", "baseline", "baseline_low", "baseline_high"):
             if col in g.columns: g[col] = (g[col].astype(float) - c) / scale
         if "se" in g.columns: g["se"] = g["se"].astype(float) / scale
+        for col in ("gain", "gain_low", "gain_high"):                     # differences: rescaled, not shifted
+            if col in g.columns: g[col] = g[col].astype(float) / scale
         parts.append(g.assign(metric="skill", chance=0.0, source_metric=met))
     if not parts: raise ValueError(f"skill needs rows of metric auc, accuracy or r2; the table has {sorted(set(df.metric))}")
     return pd.concat(parts, ignore_index=True)
@@ -117,16 +119,23 @@ def readout_positions(tokenizer, prompts, readout: str = "last"):
         out.append([j for j, t in enumerate(ids) if t not in special] or [len(ids) - 1])
     return out
 
+def _stimuli(level, n, seed, part):
+    "The level's stimuli, or (part 'first' / 'second') one pair of each analogy."
+    if part not in ("all", "first", "second"): raise ValueError(f"part must be 'all', 'first' or 'second', got {part!r}")
+    ss = stimuli(level, n=n, seed=seed)
+    return ss if part == "all" else one_pair(ss, part)
+
 def plan_hierarchy(tokenizer, shape: dict, level: str, n: int | None = None, seed: int = 0, readout: str = "last",
-                   site: str = "resid", batch_size: int = 8):
+                   site: str = "resid", batch_size: int = 8, part: str = "all"):
     "The collection `hierarchy` runs, as executor work (for cost estimates): the level's stimuli at one site and readout."
-    prompts = [s.text for s in stimuli(level, n=n, seed=seed)]
+    prompts = [s.text for s in _stimuli(level, n, seed, part)]
     return plan_collect(tokenizer, shape, prompts, sites=(site,), positions=readout_positions(tokenizer, prompts, readout),
                         batch_size=batch_size)
 
 def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: int | None = None, seed: int = 0,
               kind: str | None = None, batch_size: int = 8, labels=None, cv: int = 5, n_perm: int = 5,
-              max_classes: int = 8, layers=None, cache=True, progress: bool = True) -> pd.DataFrame:
+              max_classes: int = 8, layers=None, cache=True, progress: bool = True, control: bool = False,
+              ref_layer="auto", part: str = "all") -> pd.DataFrame:
     """Decode every label of one stimulus `level` from every layer of `model`; return the tidy table.
 
     level: one of `depthstudy.stimuli.LEVELS`; readout: "last" | "mean" (see above); site: "resid" (layers
@@ -134,13 +143,20 @@ def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: 
     "svm" (default) | "logreg" | "ridge" for class labels (continuous labels always use ridge regression);
     labels: label names to decode (default: all with at most `max_classes` classes; a label with a single class
     among the stimuli is skipped); layers: a subset of layer indices (default all); cache: True, False or an
-    `ActivationCache`. All labels share the folds (and, with ridge, one decomposition per layer and fold).
-    Extra columns: level, site, readout, kind, se, baseline, baseline_low/high, p_perm, n_train.
+    `ActivationCache`; control: also decode the control task (labels fixed at random per item, see
+    `depthstudy.probes.control_labels`): metrics control_train, control_test, selectivity; ref_layer: hold every
+    layer against this one (columns gain, gain_low, gain_high; see `embedding_gain`); "auto" = 0 for site
+    "resid" (h[0], the embeddings: what the words alone give) and none for "attn"/"mlp"; n_perm: label
+    permutations for the baseline band (p_perm needs >= 19). All labels share the folds (and, with ridge, one
+    decomposition per layer and fold). Level: one of `LEVELS` or `CONTROL_LEVELS`; part: "all" (the stimuli), or
+    for analogy levels "first" / "second": read one pair alone ("Puppy is to dog", `one_pair`) and decode the
+    same labels from it, a check that a label needs the whole stimulus.
+    Extra columns: level, site, readout, kind, se, baseline, baseline_low/high, p_perm, n_train, gain(_low/_high).
     Example: `hierarchy(load_model(), "items", n=100)`."""
-    if level not in LEVELS: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS}")
+    if level not in LEVELS + CONTROL_LEVELS: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS + CONTROL_LEVELS}")
     if site not in ("resid", "attn", "mlp"): raise ValueError(f"site must be 'resid', 'attn' or 'mlp', got {site!r}")
     if kind not in (None, "svm", "logreg", "ridge"): raise ValueError(f"kind must be 'svm', 'logreg' or 'ridge', got {kind!r}")
-    ss = stimuli(level, n=n, seed=seed)
+    ss = _stimuli(level, n, seed, part)
     names = list(labels) if labels is not None else [   # many-class labels (items' category) only when asked:
         k for k, v in ss[0].labels.items()                # a 19-way SVM costs ~40 binary ones
         if isinstance(v, float) or len({s.labels[k] for s in ss}) <= max_classes]
@@ -158,6 +174,29 @@ def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: 
         w = acts.mask[:, None, :, None].float()
         X = (A * w).sum(2) / w.sum(2)
     X = X.float().numpy()
+    if ref_layer == "auto": ref_layer = 0 if site == "resid" else None
     return decode_layers(X, ys, [s.items for s in ss], kind=kind or "svm", cv=cv, seed=seed, n_perm=n_perm,
-                         layers=layers, model=model, n_layers=model.n_layers, progress=progress, level=level,
-                         site=site, readout=readout)
+                         layers=layers, model=model, n_layers=model.n_layers, progress=progress, control=control,
+                         ref_layer=ref_layer, level=level, site=site, readout=readout)
+
+# %% ../nbs/15_hierarchy.ipynb #cc6439a0
+def embedding_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """Decodability beyond the reference layer (h[0], the embeddings, in `hierarchy`'s residual tables): per label and
+    layer, the main metric (auc, else accuracy, else r2; or skill) minus its value at the reference layer, with the
+    interval of the per-fold paired differences. Returns tidy rows: metric "gain", value, ci_low/ci_high, chance 0,
+    `source_metric`, `ref_layer`, `beyond` (the interval lies above 0). Takes a table with gain columns
+    (`hierarchy(..., ref_layer=0)`, the default for site "resid", or `decode_layers(..., ref_layer=0)`), or its
+    `skill`. Example: `embedding_gain(hierarchy(m, "items"))`."""
+    if "gain" not in df.columns:
+        raise ValueError("the table has no gain column: decode with ref_layer=0 (hierarchy does so for site 'resid')")
+    keys = ["model", "task"] + [k for k in GROUP_KEYS if k in df.columns]
+    parts = []
+    for _, g in df.groupby(keys, sort=False, dropna=False):
+        met = next((m for m in ("skill",) + _MAIN if m in set(g.metric)), None)
+        if met is None: continue
+        g = g[g.metric == met]
+        parts.append(g.assign(metric="gain", value=g["gain"], ci_low=g["gain_low"], ci_high=g["gain_high"], chance=0.0,
+                              source_metric=g["source_metric"] if met == "skill" else met,
+                              beyond=g["gain_low"] > 0))
+    if not parts: raise ValueError(f"embedding_gain needs rows of metric skill, auc, accuracy or r2; the table has {sorted(set(df.metric))}")
+    return tidy(pd.concat(parts, ignore_index=True))

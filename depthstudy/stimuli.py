@@ -4,12 +4,13 @@
 
 # %% ../nbs/04_stimuli.ipynb #f18579c3
 from __future__ import annotations
-import math, random, itertools
+import math, random, itertools, re
 from dataclasses import dataclass, field
 from .config import read_data
 
 # %% auto #0
-__all__ = ['NOUNS', 'RELATIONS', 'REL_LABELS', 'LEVELS', 'Stimulus', 'article', 'stimuli']
+__all__ = ['NOUNS', 'RELATIONS', 'REL_LABELS', 'CONNECTIVES', 'LEVELS', 'CONTROL_LEVELS', 'Stimulus', 'article', 'one_pair',
+           'connectives', 'stimuli']
 
 # %% ../nbs/04_stimuli.ipynb #208b211b
 @dataclass(frozen=True)
@@ -122,9 +123,60 @@ def _analogies(seed=0, block=4):
     rng.shuffle(out)
     return out
 
+# %% ../nbs/04_stimuli.ipynb #18154d88
+def _analogies_balanced(seed=0, k=3):
+    """Analogies whose validity needs both pairs: blocks of `k` pairs of one relation and `k` of another (nouns
+    disjoint, each noun in one block only). Every pair is a true pair of its relation; an analogy is valid when
+    its two pairs share the relation. Each pair completes k-1 valid and k-1 invalid analogies (and starts as many)."""
+    rng = random.Random(seed)
+    used, free = set(), {}
+    for rel in _AN_REL:
+        pairs = list(RELATIONS[rel]); rng.shuffle(pairs)
+        for a, b in pairs:                               # each noun serves one block only
+            if a not in used and b not in used: free.setdefault(rel, []).append((a, b)); used |= {a, b}
+    out = []
+    while True:
+        left = sorted((r for r in free if len(free[r]) >= k), key=lambda r: (-len(free[r]), r))
+        if len(left) < 2: break
+        r1, r2 = left[:2]
+        P, Q = [(p, r1) for p in free[r1][:k]], [(q, r2) for q in free[r2][:k]]
+        free[r1], free[r2] = free[r1][k:], free[r2][k:]
+        for side, other in ((P, Q), (Q, P)):
+            for j, ((c, d), rel) in enumerate(side):
+                firsts = [(side[i], 1) for i in range(k) if i != j] + [(other[(j + s) % k], 0) for s in range(k - 1)]
+                for ((a, b), _), valid in firsts:
+                    out.append(Stimulus(f"{a.capitalize()} is to {b} as {c} is to {d}", "analogies_balanced",
+                                        {"valid": valid, "relation": rel}, (a, b, c, d)))
+    rng.shuffle(out)
+    return out
+
+# %% ../nbs/04_stimuli.ipynb #aad6e2cc
+def one_pair(ss, which: str = "second") -> list[Stimulus]:
+    """The analogies `ss` cut down to one of their pairs: "second" -> "Puppy is to dog", "first" -> "Kitten is to
+    cat"; labels, items and level stay, so the same labels are decoded from one pair alone (a shortcut check).
+    Example: `one_pair(stimuli("analogies", n=1))[0].text` -> e.g. 'Puppy is to dog'."""
+    if which not in ("first", "second"): raise ValueError(f"which must be 'first' or 'second', got {which!r}")
+    out = []
+    for s in ss:
+        if not s.level.startswith("analogies"): raise ValueError(f"one_pair cuts analogies; got a {s.level!r} stimulus")
+        a, b, c, d = s.items
+        x, y = (a, b) if which == "first" else (c, d)
+        out.append(Stimulus(f"{x.capitalize()} is to {y}", s.level, s.labels, s.items))
+    return out
+
 # %% ../nbs/04_stimuli.ipynb #5e4f8593
 _DOCS = [(r["topic"], int(r["cause_effect"]), r["template"]) for r in read_data("stimuli/documents.tsv")]
 _SLOTS = read_data("stimuli/slots.yaml")
+
+CONNECTIVES = ("because", "so", "since", "as a result", "therefore", "thus", "hence", "consequently", "due to",
+               "cause", "caused", "causes", "led to", "leads to", "result", "resulted", "owing to", "thanks to",
+               "which meant", "that is why", "for this reason", "after", "then")
+"Words that announce a cause or a consequence (and 'after'/'then', which suggest one); no document template uses them."
+
+def connectives(text: str) -> list[str]:
+    "The `CONNECTIVES` in `text` (whole words, any case). Example: `connectives('It rained, so we stayed in')` -> `['so']`."
+    low = text.lower()
+    return [c for c in CONNECTIVES if re.search(rf"\b{re.escape(c)}\b", low)]
 
 def _documents(seed=0, per_template=5):
     rng = random.Random(seed)
@@ -143,6 +195,8 @@ def _documents(seed=0, per_template=5):
 
 # %% ../nbs/04_stimuli.ipynb #d0b64507
 LEVELS = ("items", "relations", "analogies", "documents")
+CONTROL_LEVELS = ("analogies_balanced",)
+"Levels that control for a shortcut in one of `LEVELS` (`analogies_balanced`: validity not readable from one pair)."
 
 def _items(seed=0):
     out = [Stimulus(article(w), "items", dict(r), (w,)) for w, r in NOUNS.items()
@@ -151,10 +205,11 @@ def _items(seed=0):
     return out
 
 def stimuli(level: str, n: int | None = None, seed: int = 0) -> list[Stimulus]:
-    """The stimuli of one `level` (see `LEVELS`), shuffled by `seed`; the first `n` when `n` is given.
+    """The stimuli of one `level` (see `LEVELS` and `CONTROL_LEVELS`), shuffled by `seed`; the first `n` when `n` is given.
     Example: `stimuli("items", n=3)` -> three `Stimulus` records like `Stimulus("An apple", "items", {...}, ("apple",))`."""
-    makers = dict(items=_items, relations=_relations, analogies=_analogies, documents=_documents)
-    if level not in makers: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS}")
+    makers = dict(items=_items, relations=_relations, analogies=_analogies, documents=_documents,
+                  analogies_balanced=_analogies_balanced)
+    if level not in makers: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS + CONTROL_LEVELS}")
     if n is not None and n < 1: raise ValueError(f"n must be a positive number of stimuli or None (all), got {n}")
     out = makers[level](seed=seed)
     return out if n is None else out[:n]
