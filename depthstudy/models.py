@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_models.ipynb #d80f5f6a
 from __future__ import annotations
-import functools, hashlib, importlib, importlib.util, json, os, shutil, tempfile, time, uuid, warnings
+import functools, hashlib, importlib, importlib.util, json, os, shutil, sys, tempfile, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -12,10 +12,10 @@ from .config import cache_dir, file_lock, hub_offline, read_data
 from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
-__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'check_device', 'Arch',
-           'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'Model',
+__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS', 'check_device',
+           'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'Model',
            'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path', 'verify_prepared',
-           'prepare_embedded', 'PickleCheckpointError', 'load_model', 'model_shape', 'list_models']
+           'prepare_embedded', 'PickleCheckpointError', 'load_model', 'model_shape', 'describe_model', 'list_models']
 
 # %% ../nbs/06_models.ipynb #bec58ca9
 def check_device(device):
@@ -439,7 +439,7 @@ def prepare_embedded(name: str, progress: bool = True) -> Path:
         try:
             work = tmp / "gguf"; work.mkdir()
             gguf = _embedded_gguf(name, work)
-            if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {target}) ...", flush=True)
+            if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {target}) ...", file=sys.stderr, flush=True)
             out = tmp / "model"
             _dequantise(name, gguf, out)
             if target.exists():                        # a damaged copy: set it aside (never delete a good one)
@@ -579,6 +579,27 @@ def model_shape(target) -> dict:
     if target in MODEL_SHAPES: return dict(name=target, **{k: float(v) if k == "n_params" else int(v) for k, v in MODEL_SHAPES[target].items()})
     raise ValueError(f"no shape known for {target!r}: pass a loaded Model, one of {list(MODEL_SHAPES)}, or a dict "
                      "with n_layers, d_model, vocab_size and n_params")
+
+# %% ../nbs/06_models.ipynb #0044455f
+LIMITS = ("Instruction tuning changes what a model puts in its last layers (answers in a chat format), and 4-bit "
+          "quantisation perturbs every weight; numbers from these models are not those of the full-precision base "
+          "models the papers probe, so compare shapes and orders, not values.")
+"What the embedded models' provenance limits, in one sentence for the lessons."
+
+def describe_model(model: Model) -> dict:
+    """One row about a loaded model: name, family, base or instruction-tuned, weights' precision, parameters,
+    layers, width, source. Embedded models have a card (`model_card`); for others the config is all we know.
+    Example: `describe_model(load_model())["tuned"]` -> 'instruction-tuned'."""
+    n = sum(p.numel() for p in model.hf.parameters())
+    row = dict(name=model.name, family=model.arch.family, params=f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M",
+               n_layers=model.n_layers, d_model=model.d_model, source=model.source or "in memory")
+    if model.name in EMBEDDED:
+        c = model_card(model.name)
+        row.update(tuned=c["tuned"], weights=f"{c['quantisation']}, dequantised to float32", release=c["release"])
+    else:
+        row.update(tuned="see the model's card", weights=str(next(model.hf.parameters()).dtype).removeprefix("torch."),
+                   release=model.name)
+    return row
 
 # %% ../nbs/06_models.ipynb #ea2f806f
 def _about(name: str) -> str:
