@@ -14,14 +14,17 @@ import matplotlib as mpl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.transforms import blended_transform_factory
 from cycler import cycler
 from .results import peak_band, published
 
 # %% auto #0
 __all__ = ['MODEL_COLOURS', 'TASK_COLOURS', 'CHANCE_COLOUR', 'HEATMAP_CMAP', 'STYLE', 'METRIC_LABELS', 'X_LABELS', 'OP_ORDER',
-           'HIERARCHY_LLAMA32_3B', 'style', 'pin_colour', 'palette', 'metric_label', 'layer_curves',
+           'HIERARCHY_LLAMA32_3B', 'CORRECT_COLOUR', 'style', 'pin_colour', 'palette', 'metric_label', 'layer_curves',
            'task_layer_heatmap', 'calc_grid', 'pair_heatmap', 'peak_table', 'peak_bands', 'compare_models',
-           'save_figure']
+           'choice_curves', 'token_effects', 'stimulus_curve', 'save_figure']
 
 # %% ../nbs/17_plots.ipynb #cfa3d4e3
 MODEL_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -108,6 +111,18 @@ METRIC_LABELS = {
     "effect": "relative change of later computation", "skip_effect": "relative change of later computation",
     "out_effect": "change of output distribution (L2)", "depth_score": "depth score (mean layer of effect)",
     "rel_err": "relative error ‖pred − target‖ / ‖target‖", "map_err": "relative error ‖pred − target‖ / ‖target‖",
+    "rel_depth_score": "relative depth score (depth score / number of layers)",
+    "depth_score_per_hop": "change of depth score per extra hop [layers]",
+    "rel_depth_score_per_hop": "change of relative depth score per extra hop",
+    "skip_later": "effect of a skip on later layers (mean)",
+    "skill": "decodability above chance: (score − chance) / (1 − chance)",
+    "resid_norm": "‖h[l]‖ (residual stream norm)", "lens_p_answer": "logit-lens probability of the answer",
+    "mc1_probe": "MC1 accuracy of a trained probe", "selectivity": "selectivity: probe − control task accuracy",
+    "control_test": "control task accuracy, held-out items (labels fixed per type)",
+    "control_train": "control task accuracy, training items (labels fixed per type)",
+    "choice_logprob": "score: Σ log p(answer tokens) under the logit lens",
+    "choice_logprob_mean": "score: mean log p per answer token under the logit lens",
+    "p_true": "probability of the true label (held-out probe)", "baseline": "permutation baseline",
 }
 "Readable axis labels for metric names."
 X_LABELS = {"layer": "layer", "rel_depth": "relative depth (layer / number of layers)"}
@@ -194,15 +209,29 @@ def _edges(v):
 def _fmt(v):
     return "" if not np.isfinite(v) else (f"{v:.2f}" if abs(v) < 10 else f"{v:.3g}")
 
-def _annotate(a, xs, ys, vals, mesh):
-    "Write each cell's value, dark on light cells and light on dark ones."
+def _annotate(a, xs, ys, vals, mesh, texts=None):
+    "Write each cell's value (or the matching entry of `texts`), dark on light cells and light on dark ones."
     cmap, norm = mesh.get_cmap(), mesh.norm
-    for y, row in zip(ys, vals):
-        for x, v in zip(xs, row):
-            if not np.isfinite(v): continue
+    texts = vals if texts is None else texts
+    for y, row, trow in zip(ys, vals, texts):
+        for x, v, tv in zip(xs, row, trow):
+            if not (np.isfinite(v) and np.isfinite(tv)): continue
             r, g, b, _ = cmap(norm(v))
-            a.text(x, y, _fmt(v), ha="center", va="center", fontsize=7, gid="annot",
+            a.text(x, y, _fmt(tv), ha="center", va="center", fontsize=7, gid="annot",
                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+
+def _legend(a, own: bool, where: str = "auto", handles=None, labels=None):
+    """Draw the legend of `a` where it neither covers the data nor gets clipped: inside ("best") for up to three entries,
+    else outside on the right; below the figure (`where="below"`, or more than eight entries) when the figure is ours
+    (`own`). Returns the legend (None without entries)."""
+    if handles is None: handles, labels = a.get_legend_handles_labels()
+    n = len(handles)
+    if not n: return None
+    if where == "auto": where = "inside" if n <= 3 else ("below" if own and n > 8 else "right")
+    if where == "inside": return a.legend(handles, labels, loc="best")
+    if where == "below" and own:
+        return a.figure.legend(handles, labels, loc="outside lower center", ncol=min(4, n))
+    return a.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 def _limits(vals, vmin, vmax):
     f = np.asarray(vals, dtype=float); f = f[np.isfinite(f)]
@@ -214,7 +243,8 @@ _LINESTYLES = ["-", ":", "-.", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 3))]   # "--" is
 
 def layer_curves(df, metric, x=None, hue=None, style_by=None, tasks=None, models=None, ax=None,
                  ci=True, chance=True, title=None, legend=True, colours=None) -> Figure:
-    """Curves of `metric` per layer, with confidence bands (`ci_low`..`ci_high`) and a dashed chance line.
+    """Curves of `metric` per layer, with confidence bands (`ci_low`..`ci_high`) and a dashed chance line (one line per
+    distinct chance level, in its curve's colour when the levels differ; one "chance" entry in the legend).
 
     Args: `x` "rel_depth" or "layer" (default: relative depth when several models are drawn);
     `hue` the column that picks colours (default "model" with several models, else "task");
@@ -243,7 +273,7 @@ def layer_curves(df, metric, x=None, hue=None, style_by=None, tasks=None, models
     one_chance = chance and len(ch) and np.allclose(ch, ch.iloc[0])
     with style():
         fig, (a,) = _panels(1, ax, size=(6.4, 4.0))
-        drawn, drawn_labelled = set(), False
+        chance_lines = {}                       # one dashed line per distinct chance level, with the colours using it
         for k, g in d.groupby(keys, sort=False, dropna=False):
             k = k if isinstance(k, tuple) else (k,)
             g = g.sort_values(x)
@@ -257,12 +287,11 @@ def layer_curves(df, metric, x=None, hue=None, style_by=None, tasks=None, models
                                color=c, alpha=0.18, lw=0, gid="ci")
             if chance and not one_chance and "chance" in g.columns and g["chance"].notna().any():
                 cy = g["chance"].to_numpy(float)
-                key = (tuple(np.round(xs, 6)), tuple(np.round(cy, 6)))
-                if key not in drawn:   # one grey dashed line per distinct chance level
-                    drawn.add(key)
-                    a.plot(xs, cy, ls="--", lw=1.1, color=CHANCE_COLOUR, gid="chance",
-                           label=None if drawn_labelled else "chance")
-                    drawn_labelled = True
+                chance_lines.setdefault((tuple(np.round(xs, 6)), tuple(np.round(cy, 6))), (xs, cy, set()))[2].add(c)
+        for xs, cy, used in chance_lines.values():   # in its curve's colour when one colour uses it, else grey
+            a.plot(xs, cy, ls="--", lw=1.1, color=next(iter(used)) if len(used) == 1 else CHANCE_COLOUR, alpha=0.9, gid="chance")
+        if chance_lines:                             # one legend entry for all of them
+            a.plot([], [], ls="--", lw=1.1, color=CHANCE_COLOUR, label="chance", gid="chance_key")
         if one_chance:
             a.axhline(ch.iloc[0], ls="--", lw=1.2, color=CHANCE_COLOUR, label="chance", gid="chance")
         if x == "rel_depth": a.set_xlim(0, 1)
@@ -272,44 +301,84 @@ def layer_curves(df, metric, x=None, hue=None, style_by=None, tasks=None, models
             title = (str(d["model"].iloc[0]) if not several else
                      str(d["task"].iloc[0]) if d["task"].nunique() == 1 else "")
         if title: a.set_title(title)
-        n_leg = len(a.get_legend_handles_labels()[0])
-        if legend and n_leg > 1:
-            a.legend(**({"loc": "best"} if n_leg <= 4 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1)}))
+        if legend and len(a.get_legend_handles_labels()[0]) > 1: _legend(a, own=ax is None)
     return fig
 
 # %% ../nbs/17_plots.ipynb #6699b943
-def task_layer_heatmap(df, metric, models=None, tasks=None, annotate=None, ax=None, cmap=HEATMAP_CMAP,
-                       vmin=None, vmax=None) -> Figure:
-    """Task x layer heatmap of `metric`, one panel per model (shared colour scale).
+def _row_chance(d, keys) -> pd.Series:
+    "The chance level of each row (mean of its `chance` column; NaN without one), indexed by `keys`."
+    if "chance" not in d.columns: return d.groupby(keys)["value"].agg(lambda v: np.nan)
+    return d.groupby(keys)["chance"].mean()
+
+def task_layer_heatmap(df, metric, models=None, tasks=None, annotate=None, ax=None, cmap=None,
+                       vmin=None, vmax=None, chance="auto") -> Figure:
+    """Task x layer heatmap of `metric`, one panel per model (shared colour scale), every row labelled with its chance level.
 
     Args: `models`, `tasks` select and order; `annotate` writes values in the cells (default:
-    when a panel has at most 24 layers and 200 cells); `ax` one Axes per model; `vmin`/`vmax` fix the scale.
-    Example: `task_layer_heatmap(df, "mc1", models="smollm2-135m")`.
+    when a panel has at most 24 layers and 200 cells); `ax` one Axes per model; `vmin`/`vmax` fix the scale;
+    `chance` how rows with different chance levels (column `chance`) are made comparable: "subtract" colours
+    value − chance on a diverging scale centred on chance (the same colour means the same distance from chance in
+    every row; the cells still show the values); "mark" colours the values and hatches the cells at or below their
+    row's chance; "auto" (default) subtracts when the rows' chance levels differ and no `vmin`/`vmax` fixes the value
+    scale, else marks; None ignores chance. Example: `task_layer_heatmap(df, "mc1", models="smollm2-135m")`.
     """
     fn = "task_layer_heatmap"
+    if chance not in ("auto", "subtract", "mark", None):
+        raise ValueError(f"{fn}: chance must be 'auto', 'subtract', 'mark' or None, got {chance!r}")
     d = _check(df, ["model", "task", "layer", "value"], metric, fn)
     d = _select(_select(d, "task", tasks, fn), "model", models, fn)
     _no_dupes(d, ["model", "task", "layer"], fn)
     mods, task_order = list(pd.unique(d["model"])), list(pd.unique(d["task"]))
-    vmin, vmax = _limits(d["value"], vmin, vmax)
+    rc = _row_chance(d, ["model", "task"])
+    has = bool(rc.notna().any())
+    if chance in ("subtract", "mark") and not has: raise ValueError(f"{fn}: chance={chance!r} needs a `chance` column with values")
+    mode = chance if chance != "auto" else (None if not has else "subtract" if rc.dropna().round(9).nunique() > 1
+                                            and vmin is None and vmax is None else "mark")
+    if mode == "subtract":
+        d = d.assign(shown=d["value"] - [rc.get((m, t), np.nan) for m, t in zip(d["model"], d["task"])])
+        lim = float(np.nanmax(np.abs(d["shown"]))) if d["shown"].notna().any() else 1.0
+        vmin, vmax = (-lim if vmin is None else vmin), (lim if vmax is None else vmax)
+        cmap = cmap or "RdBu_r"
+    else:
+        d = d.assign(shown=d["value"])
+        vmin, vmax = _limits(d["value"], vmin, vmax)
+        cmap = cmap or HEATMAP_CMAP
     n_lay, n_task = d.groupby("model")["layer"].nunique().max(), len(task_order)
     with style():
         fig, axs = _panels(len(mods), ax, ncols=1, what="model",
                            size=(min(16, max(5.5, 0.32 * n_lay + 2.5)), max(2.2, 0.42 * n_task + 1.3)))
+        marked = False
         for a, m in zip(axs, mods):
             g = d[d["model"] == m]
-            P = g.pivot(index="task", columns="layer", values="value")
-            P = P.reindex(index=[t for t in task_order if t in P.index]).sort_index(axis=1)
-            ys = np.arange(len(P.index))
-            mesh = a.pcolormesh(_edges(P.columns), _edges(ys), np.ma.masked_invalid(P.to_numpy(float)),
+            order = [t for t in task_order if t in set(g["task"])]
+            S = g.pivot(index="task", columns="layer", values="shown").reindex(index=order).sort_index(axis=1)
+            V = g.pivot(index="task", columns="layer", values="value").reindex(index=order).sort_index(axis=1)
+            ys, xs = np.arange(len(S.index)), S.columns.to_numpy(float)
+            mesh = a.pcolormesh(_edges(xs), _edges(ys), np.ma.masked_invalid(S.to_numpy(float)),
                                 cmap=cmap, vmin=vmin, vmax=vmax, gid="heatmap")
             a.grid(False)
-            a.set_yticks(ys, [str(t) for t in P.index]); a.invert_yaxis()
+            names = [f"{t} (chance {rc[(m, t)]:.2f})" if has and np.isfinite(rc.get((m, t), np.nan)) else str(t) for t in S.index]
+            a.set_yticks(ys, names); a.invert_yaxis()
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
-            a.set_xlabel("layer"); a.set_title(str(m))
-            if annotate or (annotate is None and P.shape[1] <= 24 and P.size <= 200):
-                _annotate(a, P.columns.to_numpy(float), ys, P.to_numpy(float), mesh)
-        fig.colorbar(mesh, ax=axs, label=metric_label(metric), shrink=0.9)
+            a.set_xlabel("layer"); a.set_ylabel("task"); a.set_title(str(m))
+            if mode == "mark":
+                ex = _edges(xs)
+                for r, t in enumerate(S.index):
+                    for k, v in enumerate(V.loc[t].to_numpy(float)):
+                        if np.isfinite(v) and v <= rc[(m, t)] + 1e-12:
+                            a.add_patch(Rectangle((ex[k], r - 0.5), ex[k + 1] - ex[k], 1, fill=False, hatch="///",
+                                                  lw=0, edgecolor="#BBBBBB", gid="below_chance"))
+                            marked = True
+            if annotate or (annotate is None and S.shape[1] <= 24 and S.size <= 200):
+                _annotate(a, xs, ys, S.to_numpy(float), mesh, texts=V.to_numpy(float))
+        label = metric_label(metric) + (" − chance of its row" if mode == "subtract" else "")
+        cb = fig.colorbar(mesh, ax=axs, label=label, shrink=0.9)
+        levels = rc.dropna().round(9).unique()
+        if mode == "mark" and len(levels) == 1: cb.ax.axhline(levels[0], color="black", lw=1.5, gid="chance")   # chance on the scale
+        if mode == "subtract": cb.ax.axhline(0.0, color="black", lw=1.5, gid="chance")
+        if marked and ax is None:
+            fig.legend([Patch(facecolor="white", edgecolor="#777777", hatch="///")], ["at or below its row's chance"],
+                       loc="outside lower center")
     return fig
 
 # %% ../nbs/17_plots.ipynb #bf7969f6
@@ -408,7 +477,7 @@ def pair_heatmap(df, metric, best=None, ax=None, diagonal=None, annotate=False, 
                 ok = np.isfinite(V).any(1)
                 j = (np.nanargmin if best == "min" else np.nanargmax)(np.where(ok[:, None], V, 0), axis=1)[ok]
                 a.plot(P.columns.to_numpy(float)[j], P.index.to_numpy(float)[ok], ls="none", marker="o", ms=5,
-                       mfc="none", mec="#D55E00", mew=1.6, gid="best", label=f"best layer_b per layer ({best})")
+                       mfc="none", mec="#D55E00", mew=1.6, gid="best")
             if mb is not None:
                 a.set_xlabel(xlabel or f"layer of {mb} (target)"); a.set_ylabel(ylabel or f"layer of {m} (source)")
             else:
@@ -420,8 +489,7 @@ def pair_heatmap(df, metric, best=None, ax=None, diagonal=None, annotate=False, 
                 L = _n_layers(g, "", fn)
                 Lb = _n_layers(g, "_b", fn) if cross else L
                 ys = np.array([P.index.min(), P.index.max()], dtype=float)
-                a.plot(ys * Lb / L, ys, ls="--", lw=1, color="white", alpha=0.9, gid="diagonal",
-                       label="equal relative depth")
+                a.plot(ys * Lb / L, ys, ls="--", lw=1, color="white", alpha=0.9, gid="diagonal")
                 a.set_xlim(*_edges(P.columns)[[0, -1]]); a.set_ylim(*_edges(P.index)[[0, -1]])
             if cross:
                 sx = a.secondary_xaxis("top", functions=(lambda v, n=Lb: v / n, lambda r, n=Lb: r * n))
@@ -429,6 +497,14 @@ def pair_heatmap(df, metric, best=None, ax=None, diagonal=None, annotate=False, 
                 sy = a.secondary_yaxis("right", functions=(lambda v, n=L: v / n, lambda r, n=L: r * n))
                 sy.set_ylabel(f"relative depth in {m}", fontsize=9)
         fig.colorbar(mesh, ax=axs, label=metric_label(metric), shrink=0.85, location="bottom" if len(axs) > 1 else "right")
+        keys = []                                    # one legend entry per kind of mark, however many panels show it
+        if best: keys.append((Line2D([], [], ls="none", marker="o", mfc="none", mec="#D55E00", mew=1.6),
+                              f"{'smallest' if best == 'min' else 'largest'} value in each row"))
+        if any(l.get_gid() == "diagonal" for a in axs for l in a.lines):
+            keys.append((Line2D([], [], ls="--", lw=1, color="#333333"), "equal relative depth"))
+        if keys:
+            if ax is None: fig.legend(*zip(*keys), loc="outside lower center", ncol=len(keys))
+            else: axs[-1].legend(*zip(*keys), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(keys))
     return fig
 
 def _n_layers(g, suffix, fn):
@@ -548,10 +624,10 @@ def peak_bands(df, metric=None, ref=None, ref_n_layers=None, ref_label="referenc
                        ls="none", gid="peak")
         a.set_yticks(range(len(groups)), [str(g) for g in groups]); a.set_ylim(len(groups) - 0.5, -0.5)
         a.set_xlim(0, 1); a.grid(False, axis="y")
-        a.set_xlabel(X_LABELS["rel_depth"])
+        a.set_xlabel(X_LABELS["rel_depth"]); a.set_ylabel(by)
         what = metric_label(T["metric"].iloc[0]) if "metric" in T.columns and len(T) else "score"
         a.set_title(title or f"peak of {what} (tick) and band within 1 SE", fontsize=10)
-        if len(a.get_legend_handles_labels()[0]): a.legend(loc="lower right")
+        _legend(a, own=ax is None, where="below")          # outside: bars fill the axes
     return fig
 
 # %% ../nbs/17_plots.ipynb #7bca413e
@@ -577,6 +653,174 @@ def compare_models(df, metric, tasks=None, models=None, ncols=3, ax=None, sharey
             for hd, lb in zip(*a.get_legend_handles_labels()): handles.setdefault(lb, hd)
         if ax is None: fig.legend(handles.values(), handles.keys(), loc="outside right upper")
         else: axs[-1].legend(handles.values(), handles.keys(), loc="best")
+    return fig
+
+# %% ../nbs/17_plots.ipynb #bf29d2f3
+CORRECT_COLOUR = "#009E73"
+"Colour of the correct choice in `choice_curves` (Okabe-Ito bluish green)."
+
+def _lead(v_best, v_false_max, layers):
+    "(first layer where the best choice leads, first layer from which it leads to the end, or None for either)."
+    leads = np.asarray(v_best) > np.asarray(v_false_max)
+    first = layers[leads.argmax()] if leads.any() else None
+    if not leads[-1]: return first, None
+    k = len(leads) - (np.argmin(leads[::-1]) if not leads.all() else len(leads))
+    return first, layers[k]
+
+def _short(s, n=40):
+    s = str(s).replace("\n", " ⏎ ").strip()
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+# %% ../nbs/17_plots.ipynb #35322dd1
+def choice_curves(df,                 # one item's rows from `depthstudy.exercises.item_scores`
+                  metric=None,        # default: "choice_logprob" (or "choice_logprob_mean")
+                  ax=None,            # an Axes to draw into (default: a new figure)
+                  title=None,         # default: the item id
+                  max_label: int = 40,  # longer choice texts are shortened in the legend
+                 ) -> Figure:
+    """One multiple-choice item: each choice's logit-lens score at every layer, the correct choice (the one MC1
+    compares, column `best`, else the first `correct`) thick in `CORRECT_COLOUR`, other true choices dashed, false ones
+    thin. Shaded: the layers from which the correct choice leads every false one to the last layer; a circle where it
+    first leads if it loses the lead again; the title says which. Example: `choice_curves(item_scores(m, item))`."""
+    fn = "choice_curves"
+    if metric is None:
+        have = set(df["metric"]) if isinstance(df, pd.DataFrame) and "metric" in df.columns else set()
+        metric = next((k for k in ("choice_logprob", "choice_logprob_mean") if k in have), "choice_logprob")
+    d = _check(df, ["layer", "value", "choice", "correct"], metric, fn)
+    if "item" in d.columns and d["item"].nunique() > 1:
+        raise ValueError(f"{fn}: the table holds {d['item'].nunique()} items; draw one at a time, e.g. "
+                         f"df[df.item == {d['item'].iloc[0]!r}]")
+    _no_dupes(d, ["choice", "layer"], fn)
+    choices = list(pd.unique(d["choice"]))
+    P = d.pivot(index="choice", columns="layer", values="value").reindex(choices).sort_index(axis=1)
+    true = d.groupby("choice")["correct"].first().astype(bool)
+    best = d.loc[d["best"].astype(bool), "choice"].iloc[0] if "best" in d.columns and d["best"].astype(bool).any() else \
+        next((c for c in choices if true[c]), None)
+    false = [c for c in choices if not true[c]]
+    if best is None or not false: raise ValueError(f"{fn}: the item needs a correct and a false choice (column `correct`)")
+    layers = P.columns.to_numpy(float)
+    first, kept = _lead(P.loc[best].to_numpy(float), P.loc[false].max(0).to_numpy(float), layers)
+    if kept is not None and kept == first: say = f"the correct choice leads from layer {kept:g} on"
+    elif kept is not None: say = f"the correct choice first leads at layer {first:g}, loses the lead, and keeps it from layer {kept:g}"
+    elif first is not None: say = f"the correct choice leads at some layers (first at {first:g}) but not at the last"
+    else: say = "the correct choice never leads"
+    cols = palette(false, "task")
+    with style():
+        fig, (a,) = _panels(1, ax, size=(6.8, 4.0))
+        if kept is not None:
+            a.axvspan(kept - 0.5, layers[-1] + 0.5, color=CORRECT_COLOUR, alpha=0.1, lw=0, gid="lead",
+                      label=f"correct choice ahead (layers {kept:g}–{layers[-1]:g})")
+        for c in choices:
+            ys = P.loc[c].to_numpy(float)
+            if c == best: kw = dict(color=CORRECT_COLOUR, lw=3, zorder=3, label=f"✓ {_short(c, max_label)} (correct)", gid="correct")
+            elif true[c]: kw = dict(color=CORRECT_COLOUR, lw=1.6, ls="--", label=f"✓ {_short(c, max_label)} (also true)", gid="choice")
+            else: kw = dict(color=cols[c], lw=1.3, label=_short(c, max_label), gid="choice")
+            a.plot(layers, ys, **kw)
+        if first is not None and first != kept:
+            a.plot([first], [P.loc[best, first]], ls="none", marker="o", ms=10, mfc="none", mec="black", mew=1.5,
+                   zorder=4, gid="first_lead", label=f"correct choice first ahead (layer {first:g})")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlabel("layer (h[l] decoded by the logit lens)"); a.set_ylabel(metric_label(metric))
+        head = title if title is not None else (str(d["item"].iloc[0]) if "item" in d.columns else "")
+        a.set_title((head + "\n" if head else "") + say, fontsize=10)
+        _legend(a, own=ax is None)
+    return fig
+
+# %% ../nbs/17_plots.ipynb #c7d6bcbf
+def _tok(s: str) -> str:
+    "A decoded token readable as a tick label: newlines as ⏎, a leading space kept visible as ␣ only when alone."
+    s = str(s).replace("\n", "⏎")
+    return "␣" if s == " " else s.strip() or "␣"
+
+def token_effects(df,                  # rows of `depthstudy.exercises.skip_tokens` for one text and one skipped layer
+                  ax=None,             # an Axes to draw into (default: a new figure, with the output strip above)
+                  title=None,          # default: model and skipped layer
+                  cmap=HEATMAP_CMAP,
+                  vmax=None,           # top of the colour scale (default: the largest measured effect)
+                  measured_only: bool = True,   # colour only positions >= t (grey out the rest, where the skip acts directly)
+                 ) -> Figure:
+    """One text with one layer skipped: per token (x, decoded) and later layer (y), the relative change of that layer's
+    update; the skipped positions [1, t) hatched and labelled, `t` marked by a line; above (new figures), the change of the
+    output distribution at each token. Example: `token_effects(skip_tokens(m, text, 10, t=6))`."""
+    fn = "token_effects"
+    d = _check(df, ["model", "layer", "layer_b", "position", "token", "value", "t"], "skip_effect", fn)
+    if d["layer"].nunique() > 1:
+        raise ValueError(f"{fn}: the table holds skips of layers {sorted(d['layer'].unique())}; draw one at a time")
+    _no_dupes(d, ["position", "layer_b"], fn)
+    s, t = int(d["layer"].iloc[0]), int(d["t"].iloc[0])
+    P = d.pivot(index="layer_b", columns="position", values="value").sort_index().sort_index(axis=1)
+    pos, rows = P.columns.to_numpy(float), P.index.to_numpy(float)
+    toks = d.drop_duplicates("position").set_index("position")["token"].reindex(P.columns)
+    V = P.to_numpy(float)
+    shown = np.where(pos[None, :] >= t, V, np.nan) if measured_only else V
+    vmax = vmax if vmax is not None else (np.nanmax(shown) if np.isfinite(shown).any() else 1.0)
+    out = df[df["metric"] == "skip_output"] if "metric" in df.columns else df.iloc[:0]
+    out = out.drop_duplicates("position").set_index("position")["value"].reindex(P.columns) if len(out) else None
+    with style():
+        if ax is None:
+            fig = Figure(figsize=(min(18, 0.34 * len(pos) + 3), 0.17 * len(rows) + (3.6 if out is not None else 2.6)), layout="constrained")
+            if out is not None: a_out, a = fig.subplots(2, 1, sharex=True, height_ratios=[1, max(2.5, len(rows) / 5)])
+            else: a_out, a = None, fig.subplots()
+        else: fig, a, a_out = ax.figure, ax, None
+        a.axvspan(pos[0] - 0.5, t - 0.5, color="#F2F2F2", lw=0, zorder=0, gid="unmeasured")
+        mesh = a.pcolormesh(_edges(pos), _edges(rows), np.ma.masked_invalid(shown), cmap=cmap, vmin=0, vmax=vmax, gid="heatmap")
+        a.grid(False)
+        a.axvspan(0.5, t - 0.5, facecolor="none", edgecolor="#888888", hatch="///", lw=0, zorder=2, gid="skipped")
+        a.axvline(t - 0.5, color="#D55E00", lw=2, zorder=3, gid="t")
+        top = blended_transform_factory(a.transData, a.transAxes)
+        a.text((0.5 + t - 0.5) / 2, 1.01, f"skipped (layer {s}: output := input)", transform=top, ha="center", va="bottom",
+               fontsize=8, gid="skipped_label")
+        a.text(t - 0.5, 1.01, f" t = {t}: measured from here →", transform=top, ha="left", va="bottom", fontsize=8,
+               color="#D55E00", gid="t_label")
+        a.set_xticks(pos, [_tok(x) for x in toks], rotation=90, fontsize=8)
+        a.yaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlabel("token (position in the text)"); a.set_ylabel("layer whose update is measured")
+        fig.colorbar(mesh, ax=a, label=metric_label("skip_effect"), shrink=0.9)
+        if a_out is not None:
+            o = out.to_numpy(float)
+            a_out.bar(pos, o, width=0.8, color=np.where(pos >= t, "#0072B2", "#BBBBBB"), gid="output")
+            a_out.axvline(t - 0.5, color="#D55E00", lw=2)
+            a_out.set_ylabel("output\nchange (L2)", fontsize=9); a_out.grid(False, axis="x")
+            a_out.tick_params(labelbottom=False)
+        head = title if title is not None else f"{d['model'].iloc[0]}: layer {s} skipped at positions 1–{t - 1}"
+        (a_out if a_out is not None else a).set_title(head, fontsize=10, pad=14 if a_out is None else 6)
+    return fig
+
+# %% ../nbs/17_plots.ipynb #bc3c7412
+def stimulus_curve(df,         # rows of `depthstudy.exercises.stimulus_decoding` (one stimulus; one or more labels)
+                   ax=None,    # an Axes to draw into (default: a new figure)
+                   title=None, # default: the stimulus text
+                  ) -> Figure:
+    """One hierarchy stimulus across depth: per layer, the held-out probe's probability of the stimulus's true label (one
+    curve per label), its chance (the label's share of the training stimuli, dashed), filled markers where the probe's
+    class is right and open ones where it is wrong. Example: `stimulus_curve(stimulus_decoding(m, "items", 3, "edible"))`."""
+    fn = "stimulus_curve"
+    d = _check(df, ["layer", "value", "stimulus", "label", "truth"], "p_true", fn)
+    if d["stimulus"].nunique() > 1:
+        raise ValueError(f"{fn}: the table holds {d['stimulus'].nunique()} stimuli; draw one at a time")
+    _no_dupes(d, ["label", "layer"], fn)
+    labels = list(pd.unique(d["label"]))
+    cols = palette(labels, "task")
+    with style():
+        fig, (a,) = _panels(1, ax, size=(6.4, 3.8))
+        for lb in labels:
+            g = d[d["label"] == lb].sort_values("layer")
+            xs, ys, c = g["layer"].to_numpy(float), g["value"].to_numpy(float), cols[lb]
+            a.plot(xs, ys, color=c, gid="curve", label=f"{lb} = {g['truth'].iloc[0]}")
+            ok = (g["predicted"].astype(str) == g["truth"].astype(str)).to_numpy() if "predicted" in g.columns else np.ones(len(g), bool)
+            a.plot(xs[ok], ys[ok], ls="none", marker="o", ms=5, color=c, gid="right")
+            a.plot(xs[~ok], ys[~ok], ls="none", marker="o", ms=5, mfc="white", mec=c, gid="wrong")
+            if "chance" in g.columns and g["chance"].notna().any():
+                a.plot(xs, g["chance"].to_numpy(float), ls="--", lw=1.1, color=c if len(labels) > 1 else CHANCE_COLOUR, gid="chance")
+        a.plot([], [], ls="--", lw=1.1, color=CHANCE_COLOUR, label="chance (the label's share in training)", gid="key")
+        a.plot([], [], ls="none", marker="o", ms=5, color="#555555", label="probe's class right", gid="key")
+        a.plot([], [], ls="none", marker="o", ms=5, mfc="white", mec="#555555", label="probe's class wrong", gid="key")
+        a.set_ylim(-0.02, 1.02)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        site = f" ({d['site'].iloc[0]})" if "site" in d.columns and d["site"].iloc[0] != "resid" else ""
+        a.set_xlabel("layer" + site); a.set_ylabel(metric_label("p_true"))
+        a.set_title(title if title is not None else f"“{_short(d['stimulus'].iloc[0], 70)}”", fontsize=10)
+        _legend(a, own=ax is None)
     return fig
 
 # %% ../nbs/17_plots.ipynb #88bb0556

@@ -123,10 +123,17 @@ def test_task_layer_heatmap_values_and_panels():
     assert [a.get_title() for a in ps] == ["small", "deep"]
     for a in ps:
         m = a.get_title()
-        want = df[(df.model == m) & (df.metric == "mc1")].pivot(index="task", columns="layer", values="value")
+        d = df[(df.model == m) & (df.metric == "mc1")]
+        want = d.pivot(index="task", columns="layer", values="value").loc[["facts", "maths"]]
+        chance = d.groupby("task").chance.first().loc[["facts", "maths"]].to_numpy()[:, None]
         got = np.asarray(gid(a, "heatmap", "collections")[0].get_array())
-        assert got.shape == want.shape and np.allclose(got, want.loc[["facts", "maths"]].to_numpy())
-        assert [t.get_text() for t in a.get_yticklabels()] == ["facts", "maths"]
+        # chance differs per row (0.25, 0.2): the colours are value - chance, so equal colours mean equal distance
+        assert got.shape == want.shape and np.allclose(got, want.to_numpy() - chance)
+        assert [t.get_text() for t in a.get_yticklabels()] == ["facts (chance 0.25)", "maths (chance 0.20)"]
+    same = task_layer_heatmap(df.assign(chance=0.25), "mc1")          # one chance level: values coloured as they are
+    got = np.asarray(gid(panels(same)[0], "heatmap", "collections")[0].get_array())
+    assert np.allclose(got, df[(df.model == "small") & (df.metric == "mc1")].pivot(
+        index="task", columns="layer", values="value").loc[["facts", "maths"]].to_numpy())
     small = ps[0]
     texts = gid(small, "annot", "texts")                     # small table: every cell annotated
     assert len(texts) == 2 * 7
