@@ -10,17 +10,20 @@ from depthstudy.results import COLUMNS
 SMALL = {
     "00_first_look": {},
     "01_bigger_deeper": dict(n_items=6, n_long=1, n_calc=1, calc_ops=["add", "mul"], xmps_langs=["es"],
-                             tasks=["calculation", "xmps-cal", "truthfulqa-mc3", "facts"]),
-    "02_depth_efficiency": dict(n_texts=3, n_items=3, layers_step=5, hops_layers_step=10, max_chars=200,
-                                chain_hops=[1, 3], fact_hops=[1, 2], gsm8k_hops=[2, 4], map_target=""),
-    "03_hierarchies": dict(n=40, levels=["items", "relations"], n_perm=1, cv=3, sites=["attn"], n_shuffle=100),
-    "04_scale": dict(n_items=2, n_texts=2, max_chars=80, layers_step=6, n_stimuli=24, n_perm=0),
+                             tasks=["calculation", "xmps-cal", "truthfulqa-mc3", "facts"], ladder=["qwen2.5-coder-0.5b"],
+                             n_ladder=2),
+    "02_depth_efficiency": dict(n_texts=3, n_items=2, layers_step=5, max_chars=200, chain_hops=[], fact_hops=[1, 2],
+                                gsm8k_hops=[2, 4], map_target=""),
+    "03_hierarchies": dict(n=40, levels=["items", "relations", "documents"], n_perm=1, cv=3, sites=["attn"], n_shuffle=100),
+    "04_scale": dict(models=["smollm2-135m", "qwen2.5-coder-0.5b"], item_caps={"qwen2.5-coder-0.5b": 2}, n_items=3,
+                     n_texts=2, max_chars=80, layers_step=6, n_stimuli=24, n_perm=0),
 }
 LESSONS = list_lessons()
 READS_DATA = {l["name"] for l in LESSONS if {"data", "data_dir"} & set(l["parameters"])}
+# every lesson without data (a new user's machine); with the reference data, lesson 01 (the one that reads the
+# published sets; the others read only GSM8K texts, and the task loaders are tested on the real files elsewhere)
 CASES = [pytest.param(l["name"], "none", id=f"{l['name']}-no-data") for l in LESSONS] + \
-        [pytest.param(l["name"], "reference", id=f"{l['name']}-reference-data", marks=pytest.mark.needs_data)
-         for l in LESSONS if l["name"] in READS_DATA]
+        [pytest.param("01_bigger_deeper", "reference", id="01_bigger_deeper-reference-data", marks=pytest.mark.needs_data)]
 
 
 @pytest.mark.slow

@@ -128,3 +128,28 @@ def test_site_shows_executed_lessons(tmp_path):
     stage = sitebuild.stage_site(executed_dir=tmp_path)
     assert "EXECUTED-COPY-MARKER" in (stage / "lessons" / "00_first_look.ipynb").read_text()
     assert "EXECUTED-COPY-MARKER" not in (stage / "index.ipynb").read_text()
+
+
+def test_lessons_show_exercises_folded_solutions_and_questions(site, server, browser):
+    """Every lesson page has an exercise, a 'Check your understanding' list and folded solutions: each <details> is
+    closed when the page opens (its code not displayed) and opens on a click. Lessons 00-03 also run a worked
+    solution through its check, so the page shows the check's verdict."""
+    for page in _lesson_pages(site):
+        browser.get(server + page)
+        heads = browser.execute_script("return Array.from(document.querySelectorAll('h2, h3')).map(h => h.innerText)")
+        assert any("Exercise" in h for h in heads), f"{page}: no exercise heading in {heads}"
+        assert any("Check your understanding" in h for h in heads), f"{page}: no 'Check your understanding' section"
+        folded = browser.execute_script(
+            "return Array.from(document.querySelectorAll('details')).map(d => [d.open, d.querySelector('summary') ? "
+            "d.querySelector('summary').innerText : '', (d.querySelector('pre, code') || d).getBoundingClientRect().height])")
+        assert folded, f"{page}: no folded solution"
+        assert all(not is_open and summary.strip() for is_open, summary, _ in folded), f"{page}: a solution is not folded: {folded}"
+        opened = browser.execute_script(
+            "const d = document.querySelector('details'); d.querySelector('summary').click(); "
+            "const c = d.querySelector('pre, code'); return [d.open, c ? c.getBoundingClientRect().height : -1]")
+        assert opened[0] and opened[1] > 0, f"{page}: the first solution does not open on a click ({opened})"
+        if page.split("/")[-1][:2] in ("00", "01", "02", "03"):
+            text = browser.execute_script("return document.body.innerText")
+            assert "correct:" in text and "details.solution" not in text, f"{page}: no worked solution passing its check"
+            assert browser.execute_script("return document.querySelectorAll('details.solution').length") >= 1, \
+                f"{page}: no worked solution block (show_solution)"
