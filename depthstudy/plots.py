@@ -120,6 +120,7 @@ METRIC_LABELS = {
     "mc1_probe": "MC1 accuracy of a trained probe", "selectivity": "selectivity: probe − control task accuracy",
     "control_test": "control task accuracy, held-out items (labels fixed per type)",
     "control_train": "control task accuracy, training items (labels fixed per type)",
+    "shuffled": "probe accuracy with shuffled labels (permutation null)",
     "choice_logprob": "score: Σ log p(answer tokens) under the logit lens",
     "choice_logprob_mean": "score: mean log p per answer token under the logit lens",
     "p_true": "probability of the true label (held-out probe)", "baseline": "permutation baseline",
