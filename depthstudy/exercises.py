@@ -19,7 +19,7 @@ from .results import tidy
 from .items import MCItem, Template
 from .tasks import item_template
 from .stimuli import stimuli
-from .models import Model, load_model, encode
+from .models import Model, load_model, encode, submodule
 from .executor import Batch, Work, run
 from .trace import collect, lens_logits
 from .lens import mc_scores
@@ -138,7 +138,7 @@ def _lens_reference(m: Model, prompts) -> torch.Tensor:
 def _lens_candidates(m: Model, prompts, ids):
     """Centred logits at token `ids` for every way of reading the lens of every prompt: per (padding side, decoding)
     a tensor [n, L+1, P, K] (decoding "norm" = head(norm(h)), "raw" = head(h), "norm2" = head(norm(norm(h))))."""
-    head, norm = m.head._module, m.norm._module
+    head, norm = submodule(m.hf, m.arch.head), submodule(m.hf, m.arch.norm)   # the torch modules
     W = head.weight.detach()[ids].double()
     b = head.bias.detach()[ids].double() if getattr(head, "bias", None) is not None else 0.0
     cands, masks = {}, {}
