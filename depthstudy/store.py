@@ -4,14 +4,14 @@
 
 # %% ../nbs/07_store.ipynb #4ac4137a
 from __future__ import annotations
-import hashlib, json, os, shutil, warnings
+import hashlib, json, os, re, warnings
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from .config import cache_dir
 
 # %% auto #0
-__all__ = ['FORMAT', 'ActivationCache']
+__all__ = ['FORMAT', 'MARKER', 'StoreError', 'ActivationCache']
 
 # %% ../nbs/07_store.ipynb #a38dd326
 FORMAT = 2  # bump when what is stored under a key changes meaning (2: one entry per executor unit)
@@ -24,10 +24,20 @@ def _checksum(tensors: dict) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
+MARKER = ".depthstudy-activations"
+"The file that marks a folder as an activation store depthstudy made (written with its first entry)."
+_ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")
+_PART = re.compile(r"\.[0-9a-f]{64}\.safetensors\.\d+\.tmp")   # an unfinished write (a killed process)
+
+class StoreError(ValueError):
+    "The activation store refuses an operation that could touch files it did not make; the message says what to do."
+
 class ActivationCache:
     """Content-addressed activation store under `root` (default `$DEPTHSTUDY_ACTS`, else `cache_dir("acts")`).
 
-    Example: `c = ActivationCache(); k = c.key("fp", prompt="hi"); c.put(k, {"x": torch.ones(2)}); c.get(k)["x"]`.
+    The store writes only `root/<2 hex>/<sha256>.safetensors` entries and the marker file `MARKER`; `clear` deletes
+    only those, and refuses a folder that holds anything else (the user may have pointed `DEPTHSTUDY_ACTS` at a
+    folder of their own). Example: `c = ActivationCache(); k = c.key("fp", prompt="hi"); c.put(k, {"x": torch.ones(2)}); c.get(k)["x"]`.
     """
     def __init__(self, root=None):
         env = os.environ.get("DEPTHSTUDY_ACTS")
@@ -63,6 +73,9 @@ class ActivationCache:
     def put(self, key: str, tensors: dict) -> Path:
         "Store `tensors` (a dict of CPU tensors) under `key` atomically."
         p = self.path(key); p.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.root / MARKER).exists():
+            (self.root / MARKER).write_text("This folder is a depthstudy activation store: `depthstudy cache clear` deletes the\n"
+                                            "*.safetensors entries in its two-character sub-folders, and nothing else.\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         try:
@@ -73,12 +86,48 @@ class ActivationCache:
         return p
 
     def info(self) -> dict:
-        "Number of entries and bytes on disk."
-        files = list(self.root.glob("*/*.safetensors")) if self.root.exists() else []
-        return dict(root=str(self.root), entries=len(files), bytes=sum(f.stat().st_size for f in files))
+        "Number of entries and bytes on disk, and how many files there depthstudy did not make (`foreign`)."
+        files = self._entries()
+        return dict(root=str(self.root), entries=len(files), bytes=sum(f.stat().st_size for f in files),
+                    foreign=len(self.foreign()))
+
+    def _entries(self) -> list:
+        if not self.root.is_dir(): return []
+        return [f for d in self.root.iterdir() if d.is_dir() and re.fullmatch(r"[0-9a-f]{2}", d.name)
+                for f in d.iterdir() if f.is_file() and _ENTRY.fullmatch(f.name) and f.name.startswith(d.name)]
+
+    def foreign(self) -> list:
+        "Paths under `root` that the store did not write (anything but entries, unfinished writes and the marker)."
+        if not self.root.is_dir(): return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.name == MARKER and d.is_file(): continue
+            if not (d.is_dir() and not d.is_symlink() and re.fullmatch(r"[0-9a-f]{2}", d.name)): out.append(d); continue
+            out += [f for f in sorted(d.iterdir()) if not (f.is_file() and not f.is_symlink()
+                    and (_ENTRY.fullmatch(f.name) or _PART.fullmatch(f.name)) and f.name.lstrip(".").startswith(d.name))]
+        return out
 
     def clear(self) -> int:
-        "Delete every entry; returns how many were deleted."
-        n = self.info()["entries"]
-        if self.root.exists(): shutil.rmtree(self.root)
+        """Delete every entry (and unfinished writes); returns how many entries were deleted.
+
+        Deletes nothing and raises `StoreError` when the folder holds a file or folder the store did not write, or
+        when it is not empty and lacks the marker of a store depthstudy made, unless it is the default store
+        `cache_dir("acts")`. The folder itself and its marker are kept."""
+        if not self.root.exists(): return 0
+        if not self.root.is_dir(): raise StoreError(f"the activation store {self.root} is a file, not a folder: "
+                                                    "point DEPTHSTUDY_ACTS at a folder of its own")
+        bad = self.foreign()
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise StoreError(f"refusing to clear {self.root}: it holds files depthstudy did not make ({bad[0]}{more}), "
+                             "so nothing was deleted. Point DEPTHSTUDY_ACTS at a folder of its own, or move those files out")
+        mine = (self.root / MARKER).exists() or self.root.resolve() == cache_dir("acts").resolve()
+        if not mine and any(self.root.iterdir()):
+            raise StoreError(f"refusing to clear {self.root}: it has no {MARKER} file, so depthstudy did not make it; "
+                             "nothing was deleted. Delete its entries yourself if they are yours")
+        n = 0
+        for d in [d for d in self.root.iterdir() if d.is_dir()]:
+            for f in d.iterdir():
+                n += bool(_ENTRY.fullmatch(f.name)); f.unlink()
+            d.rmdir()
         return n
