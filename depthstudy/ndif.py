@@ -4,10 +4,12 @@
 
 # %% ../nbs/05_ndif.ipynb #2536356f
 from __future__ import annotations
-import os
+import io, json, os, sys, urllib.parse
+from contextlib import redirect_stderr
 
 # %% auto #0
-__all__ = ['NDIFKeyError', 'RemoteRunError', 'ndif_key_present', 'require_ndif_key', 'hosted_models', 'preflight']
+__all__ = ['SECRET_VARS', 'NDIFKeyError', 'RemoteRunError', 'key_core', 'secret_forms', 'secret_values', 'ndif_key_present',
+           'require_ndif_key', 'ndif_status', 'hosted_models', 'preflight']
 
 # %% ../nbs/05_ndif.ipynb #6885315e
 class NDIFKeyError(RuntimeError):
@@ -16,13 +18,43 @@ class NDIFKeyError(RuntimeError):
 class RemoteRunError(RuntimeError):
     "A remote (NDIF) request failed for good, or NDIF cannot serve the model; the message says what to do."
 
-def ndif_key_present() -> bool:
-    "Whether an NDIF API key is configured (`NDIF_API_KEY`, or nnsight's saved config). Never returns the key."
-    if os.environ.get("NDIF_API_KEY"): return True
+SECRET_VARS = ("NDIF_API_KEY", "HF_TOKEN")
+"Environment variables whose values must never reach a notebook, a log, a results file or the site."
+
+def key_core(value) -> str:
+    """A secret as a service reads it: surrounding whitespace and line endings (a key copied from a Windows `.env` file
+    ends in `\r`) and matching quotes stripped. "" for a blank key, which is no key at all.
+    Example: `key_core(' "abc-123"\r\n')` -> 'abc-123'."""
+    s = str(value or "").strip()
+    while len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"": s = s[1:-1].strip()
+    return s
+
+def secret_forms(value, min_len: int = 8) -> list[str]:
+    """Every form in which secret `value` can appear in a parameter or a file: its core (`key_core`), which every
+    longer form (with line endings, quoted) contains, and that core escaped as JSON, Python and URLs write it. A core
+    shorter than `min_len` (blank, whitespace, a stray character) gives none: it is no key, and matching it would
+    flag ordinary text. Example: `secret_forms("abcd-1234\r")` -> ['abcd-1234']."""
+    core = key_core(value)
+    if len(core) < min_len: return []
+    forms = [core, json.dumps(core)[1:-1], repr(core)[1:-1], urllib.parse.quote(core, safe="")]
+    return list(dict.fromkeys(forms))
+
+def _config_key() -> str:
     try:
         from nnsight import CONFIG
-        return bool(CONFIG.API.APIKEY)
-    except Exception: return False
+        return str(CONFIG.API.APIKEY or "")
+    except Exception: return ""
+
+def secret_values(names=SECRET_VARS) -> list[str]:
+    """The forms (`secret_forms`) of every secret set here: the variables `names` and nnsight's saved NDIF key.
+    Example: `secret_values()` -> [] where no key is set."""
+    vals = [os.environ.get(n, "") for n in names] + ([_config_key()] if "NDIF_API_KEY" in names else [])
+    return list(dict.fromkeys(f for v in vals for f in secret_forms(v)))
+
+def ndif_key_present() -> bool:
+    """Whether an NDIF API key is configured (`NDIF_API_KEY`, or nnsight's saved config); a blank or whitespace-only
+    value is no key. Never returns the key."""
+    return bool(key_core(os.environ.get("NDIF_API_KEY")) or key_core(_config_key()))
 
 def require_ndif_key():
     "Raise `NDIFKeyError`, saying how to set a key, when none is configured."
@@ -34,12 +66,25 @@ def require_ndif_key():
             "offline, use remote='local'.")
 
 # %% ../nbs/05_ndif.ipynb #5d748783
+def ndif_status() -> dict:
+    """NDIF's `/status` answer, fetched through nnsight; raises `RemoteRunError` saying why when no real answer came
+    (nnsight answers an unreachable service with an empty status and a note on stderr, which is caught here)."""
+    import nnsight.ndif as ndif
+    said = io.StringIO()
+    try:
+        with redirect_stderr(said): status = ndif.status(raw=True)
+    except Exception as e:
+        raise RemoteRunError(f"NDIF did not answer ({type(e).__name__}: {e})") from None
+    if not isinstance(status, dict) or "deployments" not in status:
+        note = " ".join(said.getvalue().split())
+        raise RemoteRunError("NDIF did not answer its status request" + (f" (nnsight: {note})" if note else "")
+                             + "; check your network and NDIF_HOST if you set it")
+    return status
+
 def hosted_models(status: dict | None = None) -> set:
     """The Hugging Face ids NDIF runs right now, from its status (fetched when `status` is None; raises when NDIF
     cannot be reached). Example: `hosted_models({"deployments": {"a": {"repo_id": "x", "application_state": "RUNNING"}}})` -> {'x'}."""
-    if status is None:
-        import nnsight.ndif as ndif
-        status = ndif.status(raw=True)
+    if status is None: status = ndif_status()
     deps = (status or {}).get("deployments") or {}
     return {v.get("repo_id") for v in deps.values() if v.get("application_state") == "RUNNING" and v.get("repo_id")}
 
