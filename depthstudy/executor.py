@@ -148,7 +148,7 @@ def run(model: Model, work: Work,
         nnsight.register(work.body.__module__)       # NDIF has no depthstudy: ship the body's module by value
     queue = pack_requests(batches, request_tokens) if remote else [[i] for i in range(len(batches))]
     bar = tqdm(total=len(work), initial=st["cached"], desc=f"{work.desc or work.kind} {model.name}",
-               disable=not progress or not todo)
+               **({"disable": True} if not progress or not todo else {}))   # else tqdm decides: TQDM_DISABLE holds
     try:
         while queue:
             g = queue.pop(0)

@@ -8,14 +8,15 @@ import functools, hashlib, importlib, importlib.util, json, os, shutil, sys, tem
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .config import cache_dir, file_lock, hub_offline, read_data
+from .config import cache_dir, file_lock, hub_offline, read_data, show_path
 from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
 __all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS', 'check_device',
            'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'Model',
            'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path', 'verify_prepared',
-           'prepare_embedded', 'PickleCheckpointError', 'load_model', 'model_shape', 'describe_model', 'list_models']
+           'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem', 'load_model', 'model_shape',
+           'describe_model', 'list_models']
 
 # %% ../nbs/06_models.ipynb #bec58ca9
 def check_device(device):
@@ -434,12 +435,12 @@ def prepare_embedded(name: str, progress: bool = True) -> Path:
         problem = verify_prepared(target)              # the winner of a race may have built it meanwhile
         if problem is None: return target
         if target.exists():
-            warnings.warn(f"depthstudy: the cached copy of {name} at {target} cannot be used ({problem}); rebuilding it")
+            warnings.warn(f"depthstudy: the cached copy of {name} at {show_path(target)} cannot be used ({problem}); rebuilding it")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.build.", dir=target.parent))
         try:
             work = tmp / "gguf"; work.mkdir()
             gguf = _embedded_gguf(name, work)
-            if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {target}) ...", file=sys.stderr, flush=True)
+            if progress: print(f"depthstudy: dequantising {name} from {gguf.name} once (cached at {show_path(target)}) ...", file=sys.stderr, flush=True)
             out = tmp / "model"
             _dequantise(name, gguf, out)
             if target.exists():                        # a damaged copy: set it aside (never delete a good one)
@@ -484,6 +485,26 @@ def _check_local_folder(name: str, path: Path, allow_pickle: bool):
             "can run any code it contains. Convert the weights to safetensors (`model.save_pretrained(folder)` from a "
             "trusted session), or pass allow_pickle=True (--allow-pickle) if you trust where the files came from")
     if not safe and not pickled: raise _not_found(name, f"the directory {path} has no weights (*.safetensors)")
+    for p in safe:
+        why = safetensors_problem(p)
+        if why: raise _not_found(name, f"its weights file {p} is damaged ({why}); copy or save the weights there again")
+
+def safetensors_problem(path) -> str | None:
+    """None when `path` is a whole safetensors file (its header parses and the file is as long as the header says),
+    else what is wrong, in a few words. Reads the header only. Example: `safetensors_problem("model.safetensors")` -> None."""
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8: return f"{size} bytes, shorter than a safetensors header"
+            n = int.from_bytes(raw, "little")
+            if n > size - 8: return f"its header claims {n} bytes but the file has {size} (truncated)"
+            head = json.loads(f.read(n))
+        end = max([v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"] or [0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"unreadable header: {type(e).__name__}"
+    if size != 8 + n + end: return f"{size} bytes where its header says {8 + n + end} (truncated or altered)"
+    return None
 
 # %% ../nbs/06_models.ipynb #94625ca4
 def load_model(name: str = DEFAULT_MODEL, # an embedded model (see `EMBEDDED`), a Hugging Face id, or a local folder

@@ -27,6 +27,9 @@ class TaskDataError(ValueError):
 class TaskDataMissing(FileNotFoundError):
     "A task file is not where it was looked for; the message says how to get it."
 
+_STALL = 20_000
+"A generator that draws this many times in a row without a new distinct item has run out of them, and says so."
+
 def _check_n(n):
     "`n` as an int (None stays None); anything but a positive whole number raises a ValueError saying what to pass."
     if n is None: return None
@@ -115,10 +118,12 @@ def calculation(op: str = "add", digits=(1, 2), n: int | None = 100, seed: int =
     if len(digits) != 2 or not 1 <= digits[0] <= digits[1]: raise ValueError(f"digits must be (min, max) with 1 <= min <= max, got {digits}")
     rng = random.Random(f"calc-{op}-{digits}-{kind}-{seed}")
     items, seen = [], set()
-    tries = 0
+    tries = last_new = 0
     while len(items) < n:
         tries += 1
-        if tries > 50 * n + 1000: raise ValueError(f"could not make {n} distinct {op} items with digits {digits}; lower n")
+        if tries - last_new > _STALL:                       # the distinct items have run out: stop, never spin
+            raise ValueError(f"only {len(items)} distinct {op} items with operands of {digits[0]}-{digits[1]} digits ({kind}) "
+                             f"were found (no new one in {_STALL} draws), fewer than the {n} asked for: ask for at most {len(items)}")
         if op in ("mix2", "mix3"):
             k = 2 if op == "mix2" else 3
             nums = [_operand(rng, digits, kind) for _ in range(k + 1)]
@@ -135,7 +140,7 @@ def calculation(op: str = "add", digits=(1, 2), n: int | None = 100, seed: int =
         p = max(0, -ans.as_tuple().exponent) if kind == "float" else 0   # exact decimals: 1 per factor
         expr = " ".join(str(x) if i == 0 else f"{s} {x}" for i, (s, x) in enumerate(zip([""] + syms, nums)))
         if expr in seen: continue
-        seen.add(expr)
+        seen.add(expr); last_new = tries
         truth = _fmt_num(ans, p)
         dis = near_numbers(truth, n_distractors, rng, allow_negative=ans < 0)
         choices = [truth] + dis
@@ -644,7 +649,12 @@ def arithmetic_chains(k: int, n: int | None = 50, seed: int = 0, n_distractors: 
     if not 1 <= int(k) <= 12: raise ValueError(f"k must be between 1 and 12, got {k}")
     rng = random.Random(f"chains-{k}-{seed}")
     items, seen = [], set()
+    tries = last_new = 0
     while len(items) < n:
+        tries += 1
+        if tries - last_new > _STALL:
+            raise ValueError(f"only {len(items)} distinct {k}-operation chains were found (no new one in {_STALL} draws), "
+                             f"fewer than the {n} asked for: ask for at most {len(items)}")
         v = rng.randint(2, 20); start = v
         words, vals = [f"Start with {v}."], []
         for _ in range(k):
@@ -659,7 +669,7 @@ def arithmetic_chains(k: int, n: int | None = 50, seed: int = 0, n_distractors: 
             vals.append(v)
         q = " ".join(words) + " What is the result?"
         if q in seen: continue
-        seen.add(q)
+        seen.add(q); last_new = tries
         truth = str(v)
         inter = [str(u) for u in dict.fromkeys([start] + vals[:-1]) if u != v]
         rng.shuffle(inter)
@@ -1004,9 +1014,15 @@ def generic(path, task: str | None = None) -> list:
             raise _bad(p, i, f"field 'answer' must be an index or a non-empty list of indices, got {r['answer']!r}")
         bad = [a for a in ans if not 0 <= a < len(ch)]
         if bad: raise _bad(p, i, f"answer index {bad[0]} out of range for {len(ch)} choices")
+        name = task or r.get("task", Path(p).stem)
+        if not isinstance(name, str) or not name.strip():
+            raise _bad(p, i, f"field 'task' must be a non-empty string (the task name in the results), got {r.get('task')!r}")
+        meta = r.get("meta", {})
+        if not isinstance(meta, dict): raise _bad(p, i, f"field 'meta' must be an object of extra fields, got {type(meta).__name__}")
+        if "id" in r and not isinstance(r["id"], (str, int)) or isinstance(r.get("id"), bool):
+            raise _bad(p, i, f"field 'id' must be a string or a number, got {r['id']!r}")
         try:
-            items.append(MCItem(r["question"], ch, ans, task or r.get("task", Path(p).stem), dict(r.get("meta", {})),
-                                id=str(r.get("id", f"{task or r.get('task', Path(p).stem)}/{len(items)}"))).validate())
+            items.append(MCItem(r["question"], ch, ans, name, dict(meta), id=str(r.get("id", f"{name}/{len(items)}"))).validate())
         except ValueError as e: raise _bad(p, i, str(e)) from None
     return items
 
