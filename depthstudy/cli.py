@@ -8,9 +8,9 @@ import argparse, os, re, string, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MODEL_COMMANDS', 'CLIParser', 'positive_int', 'decode_escapes', 'cmd_models', 'cmd_trace', 'cmd_cache', 'doctor',
-           'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'mc_template', 'cmd_mc', 'cmd_lessons',
-           'parse_params', 'cmd_run', 'cmd_reproduce', 'build_parser', 'check_args', 'main']
+__all__ = ['MODEL_COMMANDS', 'OUT_FORMATS', 'CLIParser', 'positive_int', 'decode_escapes', 'cmd_models', 'cmd_trace', 'cmd_cache',
+           'doctor', 'cmd_doctor', 'cmd_depth', 'cmd_map', 'cmd_hierarchy', 'mc_template', 'cmd_mc', 'cmd_lessons',
+           'parse_params', 'cmd_run', 'cmd_reproduce', 'build_parser', 'check_not_an_input', 'check_args', 'main']
 
 # %% ../nbs/19_cli.ipynb #b52d8f13
 class CLIParser(argparse.ArgumentParser):
@@ -88,16 +88,23 @@ def cmd_cache(args):
     "Show or clear the activation cache."
     from depthstudy.store import ActivationCache
     from depthstudy.config import cache_dir
+    from depthstudy.models import verify_prepared
     c = ActivationCache()
     if args.action == "info":
         i = c.info()
-        models = sorted(p.name for p in cache_dir("models").iterdir()) if cache_dir("models").exists() else []
+        folder = cache_dir("models")
+        models = []                                            # prepared copies only: no lock files, no unfinished builds
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if p.name.startswith(".") or not p.is_dir(): continue
+            why = verify_prepared(p)
+            models.append(p.name if why is None else f"{p.name} (damaged, rebuilt on next use: {why})")
         print(f"cache directory: {cache_dir()}  (set DEPTHSTUDY_CACHE to move it)")
-        print(f"activations: {i['entries']} entries, {_human(i['bytes'])} in {i['root']}")
+        other = f"; {i['foreign']} other files there, which depthstudy leaves alone" if i["foreign"] else ""
+        print(f"activations: {i['entries']} entries, {_human(i['bytes'])} in {i['root']}{other}")
         print(f"embedded models cached: {', '.join(models) or 'none'}")
     else:
         n = c.clear()
-        print(f"removed {n} cached activation entries from {c.root} (embedded model copies kept)")
+        print(f"removed {n} cached activation entries from {c.root} (nothing else there touched; embedded model copies kept)")
 
 def doctor(check_ndif: bool = True) -> dict:
     "A report on this set-up as a dict of plain values (see `depthstudy doctor`). Never includes the NDIF key."
@@ -131,14 +138,19 @@ def cmd_doctor(args):
     if r["ndif_reachable"] is None: print("NDIF: not checked (--offline)")
     elif r["ndif_reachable"]:
         print("NDIF: reachable; presets hosted now: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["ndif_presets"].items()))
-    else: print(f"NDIF: not reachable ({r.get('ndif_error', '')})")
+    else: print(f"NDIF: could not reach it ({r.get('ndif_error', '')})")
 
-def _write(df, out):
+def _write(df, out, command=None):
+    """Write the results table to `out` (else print it), then each distinct caveat of its rows (the `caveat` column:
+    too little data, a degenerate comparison) as one warning line on stderr."""
     from depthstudy.results import save_results
     if out:
         save_results(df, out); print(f"wrote {len(df)} rows to {out}")
     else:
         print(df.to_string(max_rows=60))
+    if "caveat" in df.columns:
+        for c in dict.fromkeys(str(c) for c in df["caveat"].dropna() if str(c).strip()):
+            print(f"depthstudy{' ' + command if command else ''}: warning: {c}", file=sys.stderr)
 
 def _corpus(args):
     """The texts of `depth` and `map`: GSM8K from `--data` (which must exist), else GSM8K from the data folder or the
@@ -163,9 +175,9 @@ def cmd_depth(args):
     if args.analysis != "hops": _say_corpus(args, corpus); texts, task = corpus.texts, corpus.task
     if args.analysis == "contrib": df = residual.contributions(m, texts, task=task)
     elif args.analysis == "lens": df = residual.logit_lens_depth(m, texts, task=task)
-    elif args.analysis == "skip": df = skip.skip_effects(m, texts, mode=args.mode, variant=args.variant, task=task)
-    else: df = skip.depth_vs_hops(m, items, mode=args.mode)
-    _write(df, args.out)
+    elif args.analysis == "skip": df = skip.skip_effects(m, texts, mode=args.mode or "block", variant=args.variant or "future", task=task)
+    else: df = skip.depth_vs_hops(m, items, mode=args.mode or "block")
+    _write(df, args.out, args.command)
 
 def cmd_map(args):
     "Linear maps from every layer of a source model to every layer of a target model."
@@ -174,14 +186,14 @@ def cmd_map(args):
     b = _load(args, args.target)                            # the target first: it is the one more likely mistyped
     a = _load(args, args.source)
     _say_corpus(args, corpus); texts, task = corpus.texts, corpus.task
-    _write(maps.linear_maps(a, b, texts, task=task), args.out)
+    _write(maps.linear_maps(a, b, texts, task=task), args.out, args.command)
 
 def cmd_hierarchy(args):
     "Study 3 on one model: decode one stimulus level's labels from every layer."
     from depthstudy.hierarchy import hierarchy
     m = _load(args)
-    df = hierarchy(m, args.level, readout=args.readout, site=args.site, n=args.n, kind=args.classifier)
-    _write(df, args.out)
+    df = hierarchy(m, args.level, readout=args.readout, site=args.site, n=args.n, kind=args.classifier, cv=args.cv)
+    _write(df, args.out, args.command)
 
 def mc_template(text: str, items, keep_header: bool = False):
     r"""The `Template` of `depthstudy mc --template TEXT` for `items`, checked before any model loads: escapes
@@ -189,10 +201,15 @@ def mc_template(text: str, items, keep_header: bool = False):
     `ValueError` names what is wrong. `keep_header` keeps the task's few-shot header.
     Example: `mc_template(r"Question: {question}\nAnswer:", load_task("facts", n=2)).fmt` -> 'Question: {question}\nAnswer:'."""
     from depthstudy.tasks import Template, template_for
+    if not str(text).strip():
+        raise ValueError(f"--template is {'empty' if not text else 'only whitespace'}: a template must contain {{question}}, "
+                         "where the question goes, e.g. --template 'Question: {question}\\nAnswer:'; to score the answer "
+                         "text alone on purpose, use --answer-only (a labelled control) instead")
     fmt = decode_escapes(text)
     t = Template(header=template_for(items[0].task).header if keep_header else "", fmt=fmt)   # checks the braces
     if "question" not in [f for _, f, _, _ in string.Formatter().parse(fmt)]:
-        raise ValueError(f"--template must contain {{question}}, where the question goes; got {text!r}")
+        raise ValueError(f"--template must contain {{question}}, where the question goes, e.g. --template "
+                         f"'Question: {{question}}\\nAnswer:'; got {text!r}")
     for it in items: t.prompt(it)                           # a field an item lacks is named here
     return t
 
@@ -201,15 +218,15 @@ def cmd_mc(args):
     from depthstudy.tasks import load_task
     items = load_task(args.task, n=args.n, seed=args.seed, path=args.data)
     if not items: raise ValueError(f"task {args.task!r} gave no items")
-    template = mc_template(args.template, items, args.keep_header) if args.template else None
+    template = mc_template(args.template, items, args.keep_header) if args.template is not None else None
     m = _load(args)
     if args.mode == "lens":
         from depthstudy.lens import lens_mc
         df = lens_mc(m, items, template, faithful=args.faithful, length_norm=args.length_norm)
     else:
         from depthstudy.probes import probe_mc
-        df = probe_mc(m, items, template)
-    _write(df, args.out)
+        df = probe_mc(m, items, template, question=not args.answer_only)
+    _write(df, args.out, args.command)
 
 def cmd_lessons(args):
     "The lessons, with their parameters, types and defaults."
@@ -287,13 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--template", default=None, help='prompt format with {question}, e.g. "Question: {question}\\nAnswer:" '
                    '(escapes: \\n, \\t, \\\\; braces: {{ and }})')
     s.add_argument("--keep-header", action="store_true", help="keep the task's few-shot header with --template")
+    s.add_argument("--answer-only", action="store_true", help="probe mode: read each choice's text alone, without the question "
+                   "(the surface-baseline control; rows have question=False)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random subset of --n items")
     s.set_defaults(func=cmd_mc)
     s = sub.add_parser("depth", help="study 2: contributions, logit lens, skip effects or depth vs hops")
     _model_options(s); _out(s)
     s.add_argument("--analysis", choices=["contrib", "lens", "skip", "hops"], required=True, help="which study 2 analysis")
-    s.add_argument("--mode", choices=["block", "attn", "mlp"], default="block", help="what is skipped: a whole block or one sublayer")
-    s.add_argument("--variant", choices=["future", "current"], default="future", help="skip effects on later tokens or on the current one")
+    s.add_argument("--mode", choices=["block", "attn", "mlp"], default=None, help="skip and hops: what is skipped, a whole block or one sublayer (default: block)")
+    s.add_argument("--variant", choices=["future", "current"], default=None, help="skip only: effects on later tokens or on the current one (default: future)")
     s.add_argument("--data", default=None, help="GSM8K test.jsonl (default: $DEPTHSTUDY_DATA/gsm8k/test.jsonl)")
     s.set_defaults(func=cmd_depth)
     s = sub.add_parser("hierarchy", help="study 3: per-layer decoding of items, relations, analogies or documents")
@@ -302,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--readout", choices=["last", "mean"], default="last", help="last token, or mean over the stimulus tokens")
     s.add_argument("--site", choices=["resid", "attn", "mlp"], default="resid", help="residual stream, or a sublayer's output")
     s.add_argument("--classifier", choices=["svm", "logreg", "ridge"], default=None, help="default: SVM for classes, ridge for continuous labels")
+    s.add_argument("--cv", type=positive_int, default=5, help="item-grouped cross-validation folds, at least 2 (default: %(default)s)")
     s.set_defaults(func=cmd_hierarchy)
     s = sub.add_parser("map", help="study 2: linear maps between the layers of two models")
     s.add_argument("--source", default="smollm2-135m", help="the model mapped from (default: %(default)s)")
@@ -333,6 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
 MODEL_COMMANDS = ("trace", "mc", "depth", "hierarchy", "map")
 "The commands that load a model in this process (they take `--device` and `--allow-pickle`)."
 
+OUT_FORMATS = (".csv", ".parquet")
+"The suffixes of a results file `--out` may have: the suffix decides the format."
+
+def _inputs(args) -> list:
+    "Every file or folder a command reads: --data, the file of generic:/mquake:/math: tasks, local model folders."
+    paths = [getattr(args, "data", None)]
+    task = getattr(args, "task", None) or ""
+    if ":" in task: paths.append(task.split(":", 1)[1])
+    paths += [getattr(args, k, None) for k in ("model", "source", "target")]
+    return [Path(p).expanduser() for p in paths if p and Path(p).expanduser().exists()]
+
+def check_not_an_input(out, args):
+    """Refuse an `--out` that would write over what the command reads (its data file, or a model's folder), or whose
+    suffix names no format depthstudy writes. Example: `--data v.jsonl --out v.jsonl` raises `ValueError`."""
+    p = Path(out).expanduser()
+    target = p.resolve()
+    for src in _inputs(args):
+        if target == src.resolve() or (p.exists() and os.path.samefile(p, src)):
+            raise ValueError(f"--out {out} is {src}, which this command reads: writing the results there would destroy it; "
+                             "choose another file name")
+    if p.suffix.lower() not in OUT_FORMATS:
+        raise ValueError(f"--out {out}: the suffix decides the format and depthstudy writes {' or '.join(OUT_FORMATS)}; "
+                         f"name the file e.g. {p.with_suffix('.csv').name}")
+
 def check_args(args):
     """Check everything in `args` that can be checked before a model loads; raises the error the command would
     meet later: an absent or unknown `--device`, an unusable cache folder (`DEPTHSTUDY_CACHE` a file, not writable),
@@ -360,14 +404,34 @@ def check_args(args):
         check_remote([args.model], "--remote", "--model")
     if cmd == "mc" and args.faithful and args.mode == "probe":
         raise ValueError("--faithful is a logit-lens option; probes read the residual stream as it is: drop --faithful or use --mode lens")
+    if cmd == "mc" and args.answer_only:
+        if args.mode != "probe": raise ValueError("--answer-only is the probes' surface-baseline control: use it with --mode probe")
+        if args.template is not None: raise ValueError("--answer-only reads the answer text without any prompt: drop --template")
+    if cmd == "mc" and args.template is not None and not args.template.strip():
+        mc_template(args.template, [])                          # its one-line error, before any file is read
+    if cmd == "trace" and not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the text to follow through the layers, e.g. --prompt 'The capital of France is'")
+    if cmd == "hierarchy" and args.cv < 2: raise ValueError(f"--cv must be at least 2 (one fold to train, one to test), got {args.cv}")
+    if cmd == "depth":
+        unused = {"contrib": ("--mode", "--variant"), "lens": ("--mode", "--variant"), "hops": ("--variant",)}.get(args.analysis, ())
+        given = [o for o in unused if getattr(args, o[2:]) is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used by --analysis {args.analysis} "
+                             f"({'only skip uses --variant' if given == ['--variant'] else '--mode is for skip and hops, --variant for skip'}): drop {'it' if len(given) == 1 else 'them'}")
+    if out and cmd in MODEL_COMMANDS: check_not_an_input(out, args)
 
 # %% ../nbs/19_cli.ipynb #bdf5aba1
+def _debug() -> bool:
+    "Whether DEPTHSTUDY_DEBUG asks for tracebacks (set and not 0/false/no/off, as every depthstudy switch)."
+    from depthstudy.config import env_flag
+    return env_flag("DEPTHSTUDY_DEBUG")
+
 def _quiet_libraries():
     """Keep the console script's stderr for what the user must read: other libraries' warnings off (unless
     DEPTHSTUDY_DEBUG is set or python runs with -W; depthstudy's own stay on), and progress bars off when stderr is not
     a terminal (`_progress`)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not sys.warnoptions and not os.environ.get("DEPTHSTUDY_DEBUG"):
+    if not sys.warnoptions and not _debug():
         warnings.simplefilter("ignore")
         warnings.filterwarnings("default", module=r"depthstudy\.")   # ours say something to act on (a rebuilt cache)
     if not _progress():
@@ -408,7 +472,7 @@ def main(argv=None) -> int:
         print("interrupted; everything computed so far is in the cache, so re-running resumes", file=sys.stderr)
         return 130
     except Exception as e:
-        if not isinstance(e, _user_errors()) or type(e) in (KeyError, IndexError) or os.environ.get("DEPTHSTUDY_DEBUG"): raise
+        if not isinstance(e, _user_errors()) or type(e) in (KeyError, IndexError) or _debug(): raise
         msg = re.sub(r"\s*\n\s*", " ", str(e).strip()) or type(e).__name__
         print(f"depthstudy {args.command}: error: {msg}", file=sys.stderr)
         return 2

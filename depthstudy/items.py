@@ -100,7 +100,13 @@ class Template:
         for what in ("header", "fmt", "choice_fmt"):
             v = getattr(self, what)
             if not isinstance(v, str): raise ValueError(f"Template {what} must be a string, got {type(v).__name__}")
-        if "choice" in _format_fields(self.fmt, "fmt"):
+        fields = _format_fields(self.fmt, "fmt")
+        if not fields:
+            raise ValueError(f"Template fmt {self.fmt!r} names none of the item's fields, so every item would get the same "
+                             "prompt: a template must contain {question} (or another field of the item), e.g. "
+                             "'Question: {question}\\nAnswer:'. To score the answer text alone on purpose, use the answer-only "
+                             "control (probe_mc(..., question=False); depthstudy mc --mode probe --answer-only)")
+        if "choice" in fields:
             raise ValueError(f"Template fmt {self.fmt!r} uses {{choice}}: the choice goes in choice_fmt (e.g. ' {{choice}}'), fmt holds the prompt")
         ch = _format_fields(self.choice_fmt, "choice_fmt")
         other = [f for f in ch if f != "choice"]
