@@ -206,10 +206,13 @@ def mc_template(text: str, items, keep_header: bool = False):
                          "where the question goes, e.g. --template 'Question: {question}\\nAnswer:'; to score the answer "
                          "text alone on purpose, use --answer-only (a labelled control) instead")
     fmt = decode_escapes(text)
-    t = Template(header=template_for(items[0].task).header if keep_header else "", fmt=fmt)   # checks the braces
-    if "question" not in [f for _, f, _, _ in string.Formatter().parse(fmt)]:
-        raise ValueError(f"--template must contain {{question}}, where the question goes, e.g. --template "
-                         f"'Question: {{question}}\\nAnswer:'; got {text!r}")
+    no_question = ValueError(f"--template must contain {{question}}, where the question goes, e.g. --template "
+                             f"'Question: {{question}}\\nAnswer:'; got {text!r}")
+    try: t = Template(header=template_for(items[0].task).header if keep_header else "", fmt=fmt)   # checks the braces
+    except ValueError as e:
+        if "names none of the item's fields" in str(e): raise no_question from None
+        raise
+    if "question" not in [f for _, f, _, _ in string.Formatter().parse(fmt)]: raise no_question
     for it in items: t.prompt(it)                           # a field an item lacks is named here
     return t
 

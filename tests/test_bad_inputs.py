@@ -108,6 +108,34 @@ CASES = [
       r"lesson 00_first_look with remote=True runs the model on NDIF, which needs an API key", env={"NDIF_API_KEY": None}, needs="no_key"),
     C("reproduce_remote_embedded", ["reproduce", "--remote"], r"^depthstudy reproduce: error: lesson 00_first_look with remote=True"),
     C("reproduce_unknown_lesson", ["reproduce", "--lessons", "00", "nope"], r"no lesson 'nope'"),
+    # issue 24: a template that is no prompt (nothing written: test_nothing_left_behind checks the empty folder)
+    C("template_empty", ["mc", "--task", "generic:<jsonl>", "--template", "", "--out", "<empty_dir>/r.csv"],
+      r"--template is empty: a template must contain \{question\}.*--answer-only"),
+    C("template_whitespace", ["mc", "--task", "generic:<jsonl>", "--template", "   ", "--out", "<empty_dir>/r.csv"],
+      r"--template is only whitespace: a template must contain \{question\}"),
+    C("template_without_any_field", ["mc", "--task", "generic:<jsonl>", "--template", "Answer:", "--out", "<empty_dir>/r.csv"],
+      r"--template must contain \{question\}.*got 'Answer:'"),
+    C("answer_only_with_lens", ["mc", "--task", "facts", "--answer-only"], r"--answer-only is the probes' surface-baseline control"),
+    # issue 28: writing over an input, formats, options an analysis would ignore
+    C("out_is_the_data_file", ["depth", "--analysis", "lens", "--n", "1", "--data", "<jsonl>", "--out", "<jsonl>"],
+      r"--out .*jsonl\.jsonl is .*which this command reads"),
+    C("out_is_the_generic_file", ["mc", "--task", "generic:<jsonl>", "--out", "<jsonl>"], r"which this command reads"),
+    C("out_unknown_suffix", ["mc", "--task", "facts", "--out", "<empty_dir>/r.json"], r"the suffix decides the format.*\.csv or \.parquet"),
+    C("hops_with_variant", ["depth", "--analysis", "hops", "--variant", "current"], r"--variant is not used by --analysis hops"),
+    C("contrib_with_mode_and_variant", ["depth", "--analysis", "contrib", "--mode", "attn", "--variant", "current"],
+      r"--mode and --variant are not used by --analysis contrib"),
+    C("lens_with_mode", ["depth", "--analysis", "lens", "--mode", "mlp"], r"--mode is not used by --analysis lens"),
+    C("trace_empty_prompt", ["trace", "--prompt", ""], r"--prompt is empty"),
+    C("trace_blank_prompt", ["trace", "--prompt", " \n "], r"--prompt is empty"),
+    C("calculation_n_beyond_its_items", ["mc", "--task", "calculation", "--n", "1000000000"], r"only \d+ distinct add items .*ask for at most \d+"),
+    C("hops_n_beyond_its_items", ["depth", "--analysis", "hops", "--n", "1000000000"], r"only \d+ distinct 1-operation chains"),
+    C("generic_task_null", ["mc", "--task", "generic:<task_null>"], r"task_null\.jsonl, line 1: field 'task' must be a non-empty string"),
+    C("generic_task_list", ["mc", "--task", "generic:<task_list>"], r"task_list\.jsonl, line 1: field 'task' must be a non-empty string"),
+    C("hierarchy_cv_one", ["hierarchy", "--level", "items", "--cv", "1"], r"--cv must be at least 2"),
+    C("debug_zero_means_off", ["mc", "--task", "no-such-task"], r"unknown task 'no-such-task'", env={"DEPTHSTUDY_DEBUG": "0"}),
+    C("model_truncated_weights", ["trace", "--model", "<truncated_model>", "--prompt", "hi"], r"model\.safetensors is damaged \(.*truncated"),
+    C("cache_clear_a_users_folder", ["cache", "clear"], r"refusing to clear .*full.*did not make .*nothing was deleted",
+      env={"DEPTHSTUDY_ACTS": "<full_dir>"}),
     # after the model loads, still one line
     C("trace_prompt_too_long", ["trace", "--prompt", LONG_PROMPT], r"--prompt has \d+ tokens, more than smollm2-135m's context of 8192 tokens", early=False),
     C("lesson_fails_inside_papermill", ["run", "00_first_look", "-p", "model", "no-such-model", "--out", "<runs>"],
@@ -131,13 +159,18 @@ def files(tmp_path_factory):
                        ("dup_choice", '{"question": "2 + 2 =", "choices": ["4", "5", "4 "], "answer": 0}\n'),
                        ("bad_json", good + '{"question": "3 + 3 =", "choices": ["6", "7"], "answer": 0\n'),
                        ("no_choices", '{"question": "2 + 2 =", "answer": 0}\n'),
-                       ("jsonl", good)):
+                       ("jsonl", good),
+                       ("task_null", '{"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0, "task": null}\n'),
+                       ("task_list", '{"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0, "task": ["x"]}\n')):
         p = d / f"{name}.jsonl"
         p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
         f[name] = p
     m = tiny_model("llama")
     f["no_tokenizer"] = d / "no_tokenizer"                   # config and safetensors weights, no tokenizer
     m.hf.save_pretrained(f["no_tokenizer"])
+    f["truncated_model"] = d / "truncated_model"             # a whole folder whose weights file was cut short
+    m.hf.save_pretrained(f["truncated_model"]); tiny_tokenizer().save_pretrained(f["truncated_model"])
+    w = f["truncated_model"] / "model.safetensors"; w.write_bytes(w.read_bytes()[:-100])
     f["pickle_model"] = d / "pickle_model"                   # config, tokenizer and only a pickle checkpoint
     m.hf.config.save_pretrained(f["pickle_model"])
     tiny_tokenizer().save_pretrained(f["pickle_model"])
