@@ -104,3 +104,14 @@ def test_doctor_says_reachable_only_after_a_real_answer(tmp_path):
         server.shutdown()
     line = next(l for l in r.stdout.splitlines() if l.startswith("NDIF:"))
     assert line.startswith("NDIF: reachable; presets hosted now:") and "meta-llama/Llama-3.1-70B yes" in line, line
+
+
+# Issue 24: the answer text alone is a control asked for by its own option, and its rows say so
+def test_answer_only_control_runs_and_is_labelled(tmp_path):
+    import pandas as pd
+    r = run("mc", "--task", "facts", "--n", "8", "--mode", "probe", "--answer-only", "--out", tmp_path / "ao.csv")
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "ao.csv")
+    assert set(df["question"]) == {False} and "mc1_probe" in set(df["metric"])
+    r = run("mc", "--task", "facts", "--n", "8", "--mode", "probe", "--out", tmp_path / "full.csv")
+    assert r.returncode == 0 and set(pd.read_csv(tmp_path / "full.csv")["question"]) == {True}
