@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .results import tidy, GROUP_KEYS
+from .results import tidy, GROUP_KEYS, metric_range, merge_caveats
 from .stimuli import stimuli, LEVELS, CONTROL_LEVELS, one_pair
 from .trace import collect, plan_collect
 from .probes import decode_layers
@@ -21,7 +21,9 @@ _MAIN = ("auc", "accuracy", "r2")
 def skill(df: pd.DataFrame) -> pd.DataFrame:
     """Chance-normalised decodability, `(value - chance) / (1 - chance)`, of each label's main metric (auc if present,
     else accuracy, else r2), per layer: metric "skill", chance 0; ci_low/high, se, baseline, baseline_low/high
-    rescaled alike (gain, gain_low/high: divided by 1 - chance); `source_metric` keeps the original. Example: `skill(hierarchy(m, "items"))`."""
+    rescaled alike (gain, gain_low/high: divided by 1 - chance); `source_metric` and `source_chance` keep the original
+    metric and its chance (a skill's range is the source range rescaled: `metric_range("skill", source_metric,
+    source_chance)`, e.g. -1..1 for an AUC). Example: `skill(hierarchy(m, "items"))`."""
     keys = ["model", "task"] + [k for k in GROUP_KEYS if k in df.columns]
     parts = []
     for _, g in df.groupby(keys, sort=False, dropna=False):
@@ -35,29 +37,38 @@ def skill(df: pd.DataFrame) -> pd.DataFrame:
         if "se" in g.columns: g["se"] = g["se"].astype(float) / scale
         for col in ("gain", "gain_low", "gain_high"):                     # differences: rescaled, not shifted
             if col in g.columns: g[col] = g[col].astype(float) / scale
-        parts.append(g.assign(metric="skill", chance=0.0, source_metric=met))
+        parts.append(g.assign(metric="skill", chance=0.0, source_metric=met, source_chance=c))
     if not parts: raise ValueError(f"skill needs rows of metric auc, accuracy or r2; the table has {sorted(set(df.metric))}")
     return pd.concat(parts, ignore_index=True)
 
 def level_curves(df: pd.DataFrame, ci_level: float = 0.95) -> pd.DataFrame:
     """Mean `skill` over the labels of each level, per layer (and model/site/readout/kind): task = the level.
 
-    value = mean skill, se = mean of the labels' SEs (conservative), ci = value +- z * se, baseline(_low/_high) =
-    mean of the labels' rescaled permutation baselines, n = stimuli, n_labels, labels (joined names).
+    value = mean skill, se = mean of the labels' SEs (conservative), ci = value +- z * se clipped to the range a mean
+    of the labels' skills can take (at most 1; at least the mean of their lowest values, see `skill`; clipping drops
+    only impossible values, so the coverage is unchanged), baseline(_low/_high) = mean of the labels' rescaled
+    permutation baselines, n = stimuli, n_labels, labels (joined names), caveat = the labels' caveats (merged).
     Accepts a decoding table (converted with `skill`) or a skill table. Example: `level_curves(hierarchy(m, "items"))`."""
     sk = df if set(df.metric) == {"skill"} else skill(df)
     if "level" not in sk.columns: raise ValueError("level_curves needs a `level` column (tables from `hierarchy` have one)")
     keys = ["model", "n_layers", "level"] + [k for k in ("site", "readout") if k in sk.columns] + ["layer"]
     z = stats.norm.ppf((1 + ci_level) / 2)
+    src = sk["source_metric"] if "source_metric" in sk.columns else pd.Series(None, index=sk.index, dtype=object)
+    ch = sk["source_chance"] if "source_chance" in sk.columns else pd.Series(np.nan, index=sk.index)
+    sk = sk.assign(range_low=[metric_range("skill", s, c)[0] if isinstance(s, str) and pd.notna(c) else -np.inf
+                              for s, c in zip(src, ch)],
+                   caveat=sk["caveat"] if "caveat" in sk.columns else "")
     agg = dict(value=("value", "mean"), se=("se", "mean"), n=("n", "max"), n_labels=("task", "nunique"),
-               labels=("task", lambda t: ",".join(sorted(set(t)))))
+               labels=("task", lambda t: ",".join(sorted(set(t)))), range_low=("range_low", "mean"),
+               caveat=("caveat", merge_caveats))
     for col in ("baseline", "baseline_low", "baseline_high"):
         if col in sk.columns: agg[col] = (col, "mean")
     out = sk.groupby(keys, sort=False, dropna=False).agg(**agg).reset_index()
     out["task"] = out["level"]
     out["metric"] = "skill"; out["chance"] = 0.0
-    out["ci_low"], out["ci_high"] = out.value - z * out.se, out.value + z * out.se
-    return tidy(out)
+    out["ci_low"] = np.maximum(out.value - z * out.se, out.range_low)     # NaN (no se) stays NaN
+    out["ci_high"] = np.minimum(out.value + z * out.se, 1.0)
+    return tidy(out.drop(columns="range_low"))
 
 # %% ../nbs/15_hierarchy.ipynb #04fef44d
 def _flip_rate(V):
@@ -79,7 +90,8 @@ def _alternation_one(d, metric, n_shuffle, rng):
     for s in range(n_shuffle):
         f, o = _flip_rate(V[:, rng.permutation(V.shape[1])])
         null[s] = f.sum() / max(o.sum(), 1); null_l[s] = f.sum(0) / np.maximum(o.sum(0), 1)
-    base = dict(model=d.model.iloc[0], n_layers=d.n_layers.iloc[0], task="alternation", n=V.shape[0])
+    base = dict(model=d.model.iloc[0], n_layers=d.n_layers.iloc[0], task="alternation", n=V.shape[0],
+                caveat=merge_caveats(d["caveat"]) if "caveat" in d.columns else "")
     rows = [dict(base, layer=int(layers[t + 1]), metric="flip_rate", value=flips[:, t].sum() / max(ok[:, t].sum(), 1),
                  chance=null_l[:, t].mean(), ci_low=np.nan, ci_high=np.nan) for t in range(flips.shape[1])]
     rows.append(dict(base, layer=np.nan, metric="flip_rate_mean", value=obs, chance=null.mean(),
@@ -94,7 +106,8 @@ def alternation(df_attn: pd.DataFrame, metric: str | None = None, n_shuffle: int
     over the same layers; one result per model/site/readout present. metric: which metric (default: the first of
     skill, auc, accuracy, r2 present). Returns tidy rows: metric "flip_rate" per layer (the fraction of labels
     whose curve turns at that layer; chance = null mean) and one summary row with layer = NaN (metric
-    "flip_rate_mean": value = observed mean rate, chance = null mean, ci_low/ci_high = null 95% band, p_value).
+    "flip_rate_mean": value = observed mean rate, chance = null mean, ci_low/ci_high = null 95% band, p_value;
+    this one row's interval is the null's band, not an interval of its value). caveat: the labels' caveats, merged.
     Example: `alternation(decode_table_on_attn, "accuracy")`."""
     if metric is None:
         metric = next((m for m in ("skill", "auc", "accuracy", "r2") if m in set(df_attn.metric)), None)
@@ -152,6 +165,8 @@ def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: 
     for analogy levels "first" / "second": read one pair alone ("Puppy is to dog", `one_pair`) and decode the
     same labels from it, a check that a label needs the whole stimulus.
     Extra columns: level, site, readout, kind, se, baseline, baseline_low/high, p_perm, n_train, gain(_low/_high).
+    Too few stimuli for a decoder (fewer than `MIN_SIZE["decode"]`, 10), or a class of a label with fewer than
+    `MIN_SIZE["decode_class"]` (3), still decode, and the label's rows carry a `caveat` that says so.
     Example: `hierarchy(load_model(), "items", n=100)`."""
     if level not in LEVELS + CONTROL_LEVELS: raise ValueError(f"unknown level {level!r}: choose one of {LEVELS + CONTROL_LEVELS}")
     if site not in ("resid", "attn", "mlp"): raise ValueError(f"site must be 'resid', 'attn' or 'mlp', got {site!r}")

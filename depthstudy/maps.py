@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from .results import tidy, resample, percentile_ci
+from .results import tidy, resample, percentile_ci, caveat, merge_caveats
 from .trace import collect
 
 # %% auto #0
@@ -87,7 +87,11 @@ def _text_boot(res, Y, yn, tid, n_texts, boots, level):
     r2 = 1 - (C @ ssr_t) / ((C @ syy_t) - ((C @ sy_t) ** 2).sum(-1) / n).clamp(min=1e-12)
     return dict(rel_error=percentile_ci(rel.numpy(), level), r2=percentile_ci(r2.numpy(), level))
 
-def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float = 0.2, seed: int = 0,
+def _same_model(a, b) -> bool:
+    "Whether two `Model`s are one model: the same object, or the same weights (`Model.fingerprint`), loaded twice."
+    return a is b or a.fingerprint == b.fingerprint
+
+def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float = 0.25, seed: int = 0,
                 layers_a=None, layers_b=None, batch_size: int = 8, cache=True, task: str = "maps",
                 progress: bool = True, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
     """Ridge maps from each `h[i]` of `model_a` to each `h[j]` of `model_b` on the same texts, scored on held-out texts.
@@ -99,7 +103,11 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
     texts, and `ci_low`/`ci_high`: a percentile bootstrap interval over the test texts (`n_boot` resamples of whole
     texts, since tokens of one text are not independent; NaN with fewer than 2 test texts). The interval says how
     much the score depends on which texts were held out, not how much the fitted map would change with other
-    training texts.
+    training texts. The default `test_frac` holds out 5 of 20 texts, `MIN_SIZE["linear_maps"]`.
+    `caveat` (on every row): fewer test texts than `MIN_SIZE["linear_maps"]` (5); fewer training tokens than the
+    source's width plus one (`MIN_SIZE["linear_maps_train"]`: the map is then not determined, and even a model
+    mapped onto itself scores R2 < 1); source and target the same model (same weights): a check of the machinery,
+    not a comparison of two models.
     Example: `best_match(linear_maps(small, big, gsm8k_texts(n=20)))`.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -128,6 +136,13 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
     Ytr_c = Ytr - my
     yn = Yte.norm(dim=-1).clamp(min=1e-12)                             # [Lb, n_te]
     ss_tot = ((Yte - Yte.mean(1, keepdim=True)) ** 2).sum((1, 2))      # [Lb]
+    d_a = Xtr.shape[2]
+    cav = merge_caveats(
+        caveat("linear_maps", n_texts),
+        caveat("linear_maps_train", Xtr.shape[1], need=d_a + 1, needs=f"a linear map from {d_a} dimensions"),
+        f"source and target are the same model ({model_a.name}): every layer maps onto itself exactly once the map "
+        "is determined, so this checks the machinery and compares no two models" if _same_model(model_a, model_b)
+        else "")
     rows = []
     for a, i in enumerate(tqdm(la, disable=not progress, desc="linear maps")):
         mx = Xtr[a].mean(0, keepdim=True)
@@ -147,7 +162,7 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
             for metric, v in (("rel_error", rel), ("r2", r2)):
                 rows.append(dict(task=task, layer=i, layer_b=j, metric=metric, value=v, n=int(Xte.shape[1]),
                                  n_texts=n_texts, ci_low=cis[metric][0], ci_high=cis[metric][1],
-                                 model_b=model_b.name, n_layers_b=Lb, rel_depth_b=j / Lb, alpha=alpha))
+                                 model_b=model_b.name, n_layers_b=Lb, rel_depth_b=j / Lb, alpha=alpha, caveat=cav))
     return tidy(rows, model=model_a)
 
 # %% ../nbs/14_maps.ipynb #8e3d523e

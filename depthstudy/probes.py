@@ -14,7 +14,7 @@ from sklearn.svm import LinearSVC
 from sklearn.linear_model import LogisticRegression, RidgeClassifierCV
 from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
-from .results import tidy
+from .results import tidy, clip_ci, caveat, merge_caveats
 from .items import MCItem
 from .tasks import choice_texts, item_template
 from .trace import collect, plan_collect
@@ -218,13 +218,23 @@ def _finish(rows, model, n_layers, n_slots, constants):
         return tidy(rows, **constants)
     return tidy(rows, model=model, **constants)
 
-def _summ(v, level=0.95):
+def _summ(v, level=0.95, metric=None, source_metric=None):
+    """Mean of the per-fold values `v` (NaN folds left out), its SE and a t-interval over the folds (NaN for < 2).
+    With `metric`, the interval is clipped to the metric's range (`clip_ci`): a t-interval over few folds is wide
+    and symmetric, and can leave [0, 1]; clipping drops only values the score cannot take, so it covers the true
+    score as often as before."""
     v = np.asarray(v, float); v = v[~np.isnan(v)]
     k = len(v); m = float(v.mean()) if k else np.nan
     if k < 2: return m, np.nan, np.nan, np.nan
     se = float(v.std(ddof=1) / math.sqrt(k))
     h = stats.t.ppf(0.5 + level / 2, k - 1) * se
-    return m, se, m - h, m + h
+    lo, hi = (m - h, m + h) if metric is None else clip_ci(m - h, m + h, metric, source_metric)
+    return m, se, lo, hi
+
+def _fold_mean(v) -> float:
+    "Mean of the per-fold values that exist (NaN, without a warning, when no fold has one)."
+    v = np.asarray(v, float); v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else np.nan
 
 # %% ../nbs/11_probes.ipynb #9c7b57a9
 def _label_spec(name, y, kind, n):
@@ -258,6 +268,15 @@ def _vals(folds, met):
     "The per-fold values of metric `met` (None for folds that could not train)."
     return [np.nan if d is None else d[met] for d in folds]
 
+def _label_caveat(sp, n):
+    """The caveat of one label decoded from `n` stimuli: too few stimuli (`MIN_SIZE["decode"]`), or a class with too
+    few stimuli to be learned (`MIN_SIZE["decode_class"]`), in words; "" when neither."""
+    out = [caveat("decode", n)]
+    if not sp["regression"]:
+        cls, cnt = np.unique(sp["y"], return_counts=True)
+        out.append(caveat("decode_class", int(cnt.min()), of=f" of class {cls[cnt.argmin()]!r} of label {sp['name']!r}"))
+    return merge_caveats(out)
+
 def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed: int = 0, n_perm: int = 5,
                   layers=None, task: str = "label", model=None, n_layers: int | None = None,
                   progress: bool = False, control=None, ref_layer: int | None = None, **constants) -> pd.DataFrame:
@@ -282,6 +301,9 @@ def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed:
     adds columns `gain` = value - value at ref_layer and `gain_low`/`gain_high`, a t interval over the per-fold
     paired differences (same folds at every layer);
     n_layers: the model's L for `rel_depth` (default `X.shape[1] - 1`, the residual convention).
+    Intervals: a t-interval over the folds, clipped to the metric's range (`depthstudy.results.clip_ci`; the same
+    for gain and the controls). `caveat` (per label): too few stimuli for a decoder (`MIN_SIZE["decode"]`), or a
+    class with too few stimuli to learn (`MIN_SIZE["decode_class"]`); "" otherwise.
     Columns beyond the schema: se, baseline (permutation mean), baseline_low/high (its 95% band), p_perm,
     n_train (mean training size after purging), kind, n_folds, readout/site etc. from `constants`.
     Example: `decode_layers(X, y, groups=items, kind="svm", n_perm=5, task="edible")`."""
@@ -330,30 +352,35 @@ def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed:
                     raise ValueError(f"label {sp['name']!r}: no fold has two classes to train on; use more stimuli or a lower cv")
             res[l] = scores
     rows = []
+    cav = {sp["name"]: _label_caveat(sp, len(X)) for sp in specs}
     for l in layers:
         for sp in specs:
             sc, null, ctl = res[l][sp["name"]]
             mets = next(d for d in sc if d is not None)
             for met in mets:
                 v = _vals(sc, met)
-                m, se, lo, hi = _summ(v)
-                nm = np.array([np.nanmean(_vals(fs, met)) for fs in null]) if n_perm else np.array([np.nan])
+                m, se, lo, hi = _summ(v, metric=met)
+                nm = np.array([_fold_mean(_vals(fs, met)) for fs in null]) if n_perm else np.array([])
+                nm = nm[~np.isnan(nm)]                          # permutations with no fold that could be scored
                 row = dict(task=sp["name"], layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=len(X),
-                           chance=sp["chance"][met], se=se, baseline=float(np.mean(nm)),
-                           baseline_low=float(np.quantile(nm, .025)), baseline_high=float(np.quantile(nm, .975)),
-                           p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if n_perm >= MIN_PERM else np.nan,
+                           chance=sp["chance"][met], caveat=cav[sp["name"]], se=se,
+                           baseline=float(np.mean(nm)) if len(nm) else np.nan,
+                           baseline_low=float(np.quantile(nm, .025)) if len(nm) else np.nan,
+                           baseline_high=float(np.quantile(nm, .975)) if len(nm) else np.nan,
+                           p_perm=float((1 + np.sum(nm >= m)) / (1 + len(nm))) if len(nm) >= MIN_PERM else np.nan,
                            n_train=n_train, kind=sp["kind"], n_folds=int(np.sum(~np.isnan(v))))
                 if ref_layer is not None:
-                    gm, _, glo, ghi = _summ(np.subtract(v, _vals(res[ref_layer][sp["name"]][0], met)))
+                    gm, _, glo, ghi = _summ(np.subtract(v, _vals(res[ref_layer][sp["name"]][0], met)), metric="gain",
+                                            source_metric=met)
                     row.update(gain=gm, gain_low=glo, gain_high=ghi, ref_layer=ref_layer)
                 rows.append(row)
             if ctl is None: continue
             met = "r2" if sp["regression"] else "accuracy"
-            base = dict(task=sp["name"], layer=int(l), n=len(X), n_train=n_train, kind=sp["kind"])
+            base = dict(task=sp["name"], layer=int(l), n=len(X), n_train=n_train, kind=sp["kind"], caveat=cav[sp["name"]])
             for name, v, chance in (("control_train", _vals(ctl, "train_" + met), sp["ctrl"]["chance"][met]),
                                     ("control_test", _vals(ctl, met), sp["ctrl"]["chance"][met]),
                                     ("selectivity", np.subtract(_vals(sc, met), _vals(ctl, met)), 0.0)):
-                m, se, lo, hi = _summ(v)
+                m, se, lo, hi = _summ(v, metric=name, source_metric=met)
                 rows.append(dict(base, metric=name, value=m, ci_low=lo, ci_high=hi, se=se, chance=chance,
                                  n_folds=int(np.sum(~np.isnan(v))), source_metric=met))
     return _finish(rows, model, n_layers, X.shape[1], constants)
@@ -447,7 +474,9 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
     with `keys`, the control task (Hewitt & Liang 2019; `_mc_control`: the "correct" candidate is the one whose
     type has the highest fixed random rank) scored like mc1 on the training items ("control_train") and the test
     items ("control_test"), and "selectivity" = mc1_probe - control_test per fold. chance = mean of n_correct /
-    n_candidates (1 / n_candidates for the control and the null). Example: `mc_probe([a0, a1, ...], [[True, False, False], ...])`."""
+    n_candidates (1 / n_candidates for the control and the null). Intervals: a t-interval over the folds clipped
+    to the metric's range ([0, 1]; [-1, 1] for selectivity). `caveat`: with fewer than `MIN_SIZE["probe_mc"]` items
+    (6), every row says that the result cannot be read. Example: `mc_probe([a0, a1, ...], [[True, False, False], ...])`."""
     A, lab, item = _flatten_mc(acts_by_candidate, correct)
     n_items = len(acts_by_candidate)
     rng = np.random.default_rng(seed)
@@ -460,6 +489,7 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
     chance = float(np.mean([lab[item == i].mean() for i in range(n_items)]))
     chance1 = float(np.mean([1 / np.sum(item == i) for i in range(n_items)]))
     layers = range(A.shape[1]) if layers is None else layers
+    cav = caveat("probe_mc", n_items, of=f" in task {task!r}")
     if progress:
         from tqdm.auto import tqdm; layers = tqdm(list(layers), desc=f"mc probe {task}")
     rows = []
@@ -479,11 +509,10 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
             if ctrl is not None: res["selectivity"] = np.subtract(res["mc1_probe"], res["control_test"])
             for met, v in res.items():
                 if not len(v): continue
-                m, se, lo, hi = _summ(v)
-                lo, hi = (max(lo, -1.0), min(hi, 1.0)) if met == "selectivity" else (max(lo, 0.0), min(hi, 1.0))  # a t-interval over few folds can leave the range
+                m, se, lo, hi = _summ(v, metric=met)
                 ch = 0.0 if met == "selectivity" else chance1 if met.startswith("control") else chance
                 rows.append(dict(task=task, layer=int(l), metric=met, value=m, ci_low=lo, ci_high=hi, n=n_items,
-                                 chance=ch, se=se, kind=kind))
+                                 chance=ch, caveat=cav, se=se, kind=kind))
     return _finish(rows, model, n_layers, A.shape[1], constants)
 
 # %% ../nbs/11_probes.ipynb #4d53640a
@@ -509,7 +538,8 @@ def probe_mc(model, items, template=None, cv: int = 5, seed: int = 0, kind: str 
     strings); batch_size, progress and `**kw` (`cache`, `remote`, `request`) go to `depthstudy.trace.collect`.
     Metrics per layer (0..L, `h[l]` at the last token of prompt + continuation): "mc1_probe", "shuffled", and with
     `control` "control_train", "control_test", "selectivity". Extra columns: se, kind, site ("resid"), readout
-    ("last"), question. Example: `probe_mc(load_model(), load_task("facts", n=60)).query("metric == 'mc1_probe'")`."""
+    ("last"), question. A task with fewer than `MIN_SIZE["probe_mc"]` (6) items is probed all the same, and its rows
+    carry a `caveat` saying that the result cannot be read. Example: `probe_mc(load_model(), load_task("facts", n=60)).query("metric == 'mc1_probe'")`."""
     items = list(items)
     if not items: raise ValueError("probe_mc needs at least one item: pass a list of MCItems (e.g. load_task('facts', n=60))")
     bad = [type(it).__name__ for it in items if not hasattr(it, "choices") or not hasattr(it, "correct")]

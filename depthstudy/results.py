@@ -12,12 +12,12 @@ from scipy import stats, special, optimize
 from .config import read_data
 
 # %% auto #0
-__all__ = ['COLUMNS', 'GROUP_KEYS', 'tidy', 'resample', 'percentile_ci', 'bootstrap_ci', 'ratio_ci', 'peak_band', 'holm',
-           'detectable_effect', 'localise', 'published', 'OutputPathError', 'check_output_folder', 'check_results_path',
-           'save_results', 'load_results']
+__all__ = ['COLUMNS', 'MIN_SIZE', 'METRIC_RANGE', 'GROUP_KEYS', 'tidy', 'caveat', 'merge_caveats', 'resample', 'percentile_ci',
+           'bootstrap_ci', 'ratio_ci', 'metric_range', 'clip_ci', 'peak_band', 'holm', 'detectable_effect', 'localise',
+           'published', 'OutputPathError', 'check_output_folder', 'check_results_path', 'save_results', 'load_results']
 
 # %% ../nbs/01_results.ipynb #5f54e02d
-COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance"]
+COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value", "ci_low", "ci_high", "n", "chance", "caveat"]
 "The columns every results table starts with, in this order."
 
 # %% ../nbs/01_results.ipynb #4d235df9
@@ -26,8 +26,9 @@ def tidy(rows, model=None, **constants) -> pd.DataFrame:
 
     `model` (a `depthstudy.models.Model`, or a name) fills `model` and `n_layers`; `constants`
     fill other columns for every row. `rel_depth` is computed from `layer / n_layers` where
-    missing; absent `ci_low`, `ci_high`, `n`, `chance` become NaN. Extra columns are kept after
-    the schema's. Example: `tidy([dict(task="facts", layer=3, metric="mc1", value=.4)], model=m)`.
+    missing; absent `ci_low`, `ci_high`, `n`, `chance` become NaN, an absent or empty `caveat` "" (none).
+    Extra columns are kept after the schema's.
+    Example: `tidy([dict(task="facts", layer=3, metric="mc1", value=.4)], model=m)`.
     """
     df = pd.DataFrame(rows).copy() if not isinstance(rows, pd.DataFrame) else rows.copy()
     if model is not None:
@@ -41,11 +42,64 @@ def tidy(rows, model=None, **constants) -> pd.DataFrame:
         raise ValueError(f"results rows lack column(s) {missing}; they have {list(df.columns)}. "
                          "Pass model=... for model/n_layers, or add the columns to each row.")
     for c in COLUMNS:
-        if c not in df.columns: df[c] = np.nan
+        if c not in df.columns: df[c] = "" if c == "caveat" else np.nan
+    df["caveat"] = df["caveat"].fillna("").astype(str)
     need = df["rel_depth"].isna() & df["layer"].notna() & df["n_layers"].notna()
     df.loc[need, "rel_depth"] = df.loc[need, "layer"].astype(float) / df.loc[need, "n_layers"].astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
+
+# %% ../nbs/01_results.ipynb #847879fa
+_BOOT_WHY = ("a 95% percentile bootstrap interval of a mean over n units covers the truth only about "
+             "P(|t(n-1)| < 1.96 sqrt((n-1)/n)) of the time: 0.85 at 5 units, 0.81 at 4, 0.75 at 3, 0.60 at 2")
+
+MIN_SIZE = {
+    "lens_mc": dict(n=5, unit="items", per="per task", needs="a bootstrap interval over items", why=_BOOT_WHY),
+    "probe_mc": dict(n=6, unit="items", per="per task", needs="a probe",
+                     why="more items than the 5 item-grouped folds, so every fold tests at least one item and trains "
+                         "on at least 4 others (the number the lessons state)"),
+    "decode": dict(n=10, unit="stimuli", needs="a per-layer decoder",
+                   why="below 10 stimuli even a perfect decoder of a balanced binary label fails the one-sided "
+                       "binomial test at 0.05 corrected over 30 layers (0.5**9 > 0.05 / 30)"),
+    "decode_class": dict(n=3, unit="stimuli", per="per class", needs="a class label",
+                         why="a class with k stimuli is learned from at most k - 1 of them when one is tested: "
+                             "with 1 never, with 2 from a single example"),
+    "contributions": dict(n=5, unit="texts", needs="a bootstrap interval over texts", why=_BOOT_WHY),
+    "logit_lens_depth": dict(n=5, unit="texts", needs="a bootstrap interval over texts", why=_BOOT_WHY),
+    "skip_effects": dict(n=5, unit="texts", needs="a bootstrap interval over texts", why=_BOOT_WHY),
+    "linear_maps": dict(n=5, unit="test texts", needs="a bootstrap interval over test texts", why=_BOOT_WHY),
+    "linear_maps_train": dict(n=1, unit="training tokens", per="per source dimension", needs="a linear map",
+                              why="with fewer training tokens than the source's width plus one (the intercept) the "
+                                  "least-squares map is not determined: it fits the training tokens exactly and is "
+                                  "pulled to zero off their span, so even a model mapped onto itself scores R2 < 1"),
+}
+"""Per analysis, the fewest units below which its result cannot be read: `n` `unit` (`per` what), what `needs` them,
+and `why` (one sentence). `caveat` turns a count into the words a table carries."""
+
+def caveat(analysis: str,          # a key of `MIN_SIZE`
+           n,                      # how many units the result rests on
+           need=None,              # the minimum, when it depends on the data (default: MIN_SIZE[analysis]["n"])
+           of: str = "",           # words after the unit, e.g. " of class 'a'" or " in task 'facts'"
+           needs: str | None = None, # what needs them (default: MIN_SIZE's)
+          ) -> str:
+    """The caveat of a result of `analysis` computed from `n` units: "" when `n` reaches the minimum, else plain words
+    that say what was too small and that the result cannot be read.
+    Example: `caveat("probe_mc", 2)` -> 'too few items: 2 per task, a probe needs at least 6; this result cannot be read'."""
+    m = MIN_SIZE[analysis]
+    need = m["n"] if need is None else need
+    if n >= need: return ""
+    per = f" {m['per']}" if m.get("per") and need == m["n"] and not of else ""
+    return (f"too few {m['unit']}{of}: {n:g}{per}, {needs or m['needs']} needs at least {need:g}; "
+            "this result cannot be read")
+
+def merge_caveats(*caveats) -> str:
+    """One caveat from several (strings, or iterables of them such as a table's `caveat` column): the distinct
+    non-empty ones in order, joined by "; ". Example: `merge_caveats("a", ["", "b", "a"])` -> 'a; b'."""
+    out = []
+    for c in caveats:
+        for s in ([c] if isinstance(c, str) or c is None else c):
+            if isinstance(s, str) and s and s not in out: out.append(s)
+    return "; ".join(out)
 
 # %% ../nbs/01_results.ipynb #24aeed9a
 def resample(n: int,             # number of units (items, texts) to resample
@@ -95,6 +149,46 @@ def ratio_ci(sums,                    # [N, ...] per unit, the numerator (e.g. a
     idx = resample(len(counts), n_boot, seed)
     c = np.maximum(counts[idx].sum(1), 1).reshape((-1,) + (1,) * (sums.ndim - 1))
     return percentile_ci(sums[idx].sum(1) / c, level)
+
+# %% ../nbs/01_results.ipynb #ae550aed
+METRIC_RANGE = {
+    **dict.fromkeys(("mc1", "mc2", "mc3", "accuracy", "auc", "train_accuracy", "mc1_probe", "shuffled",
+                     "control_train", "control_test", "topk_overlap", "flip_rate", "flip_rate_mean"), (0.0, 1.0)),
+    **dict.fromkeys(("r2", "train_r2"), (-math.inf, 1.0)),
+    **dict.fromkeys(("selectivity", "attn_cos", "mlp_cos", "block_cos"), (-1.0, 1.0)),
+    **dict.fromkeys(("kl_final", "rel_error", "attn_rel", "mlp_rel", "block_rel", "norm_h", "norm_a", "norm_m"),
+                    (0.0, math.inf)),
+}
+"The values each metric can take, `(low, high)`; metrics not listed (and `skill`, `gain`: see `metric_range`) are unbounded."
+
+def metric_range(metric: str,             # a metric name
+                 source_metric=None,      # for control_*, selectivity, gain, skill: the metric they are made from
+                 chance=None,             # for skill: the source metric's chance level
+                ) -> tuple[float, float]:
+    """`(low, high)`, the values `metric` can take (see `METRIC_RANGE`). The controls of a regression take R²'s range
+    and its selectivity any value; a `gain` (a difference of `source_metric`) spans low - high to high - low; a
+    `skill` (`(value - chance) / (1 - chance)`) the source range rescaled alike.
+    Example: `metric_range("skill", "accuracy", 0.5)` -> `(-1.0, 1.0)`."""
+    src = source_metric if isinstance(source_metric, str) else None
+    if metric in ("control_train", "control_test") and src in ("r2", "train_r2"): return METRIC_RANGE["r2"]
+    if metric == "selectivity" and src in ("r2", "train_r2"): return (-math.inf, math.inf)
+    if metric == "gain" and src:
+        lo, hi = metric_range(src)
+        return (lo - hi, hi - lo)
+    if metric == "skill" and src:
+        lo, hi = metric_range(src)
+        c = 0.0 if chance is None or not np.isfinite(chance) else float(chance)
+        s = 1 - c if abs(1 - c) > 1e-9 else 1.0
+        return ((lo - c) / s, (hi - c) / s)
+    return METRIC_RANGE.get(metric, (-math.inf, math.inf))
+
+def clip_ci(low, high, metric: str, source_metric=None, chance=None):
+    """`(low, high)` clipped to `metric_range(metric, source_metric, chance)` (numbers or arrays; NaN stays NaN).
+    Clipping drops only values the statistic cannot take, so the interval's coverage is unchanged.
+    Example: `clip_ci(-0.14, 0.54, "accuracy")` -> `(0.0, 0.54)`."""
+    lo_b, hi_b = metric_range(metric, source_metric, chance)
+    lo, hi = np.clip(low, lo_b, hi_b), np.clip(high, lo_b, hi_b)
+    return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
 # %% ../nbs/01_results.ipynb #eda5f96b
 GROUP_KEYS = ("level", "site", "readout", "kind")
@@ -323,13 +417,23 @@ def check_results_path(path, what: str = "results file") -> Path:
         raise OutputPathError(f"{what} {p} needs a parquet engine: pip install pyarrow, or write a .csv file instead")
     return p
 
+def _schema_order(df: pd.DataFrame) -> pd.DataFrame:
+    "A table with every schema column (caveat aside): those first, in order, and `caveat` as text (\"\" for none)."
+    if not set(COLUMNS) - {"caveat"} <= set(df.columns): return df
+    if list(df.columns[:len(COLUMNS)]) == COLUMNS and df["caveat"].map(lambda c: isinstance(c, str)).all(): return df
+    df = df.assign(caveat=df["caveat"].fillna("").astype(str) if "caveat" in df.columns else "")
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
 def save_results(df: pd.DataFrame, path) -> Path:
     """Write a results table as CSV (or parquet for a `.parquet` path), atomically; returns the path.
 
     The path is checked first (`check_results_path`). The table goes to a hidden temporary file beside `path`,
     which is renamed over `path` once complete and removed if writing fails, so a failed write leaves nothing
-    behind and never a half-written table. Example: `save_results(df, "runs/mc.csv")`."""
+    behind and never a half-written table. A table with the schema's columns is written with them first and an
+    empty `caveat` where a row has none (e.g. after `pd.concat` with a table without one).
+    Example: `save_results(df, "runs/mc.csv")`."""
     path = check_results_path(path)
+    df = _schema_order(df)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -341,10 +445,12 @@ def save_results(df: pd.DataFrame, path) -> Path:
     return path
 
 def load_results(path) -> pd.DataFrame:
-    "Read a results table written by `save_results`, checking that it has the schema's columns."
+    """Read a results table written by `save_results`, checking that it has the schema's columns; `caveat` comes back
+    as text ("" for none; tables written before it existed get ""). Example: `load_results("runs/mc.csv")`."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no results file at {path}")
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if "caveat" not in df.columns: df["caveat"] = ""          # written before tables had one
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing: raise ValueError(f"{path} is not a depthstudy results table: it lacks {missing}")
-    return df
+    return _schema_order(df)
