@@ -64,10 +64,20 @@ def data_dir(data_dir=None, # a folder given by the caller ("" or None: not give
     d = data_dir or os.environ.get("DEPTHSTUDY_DATA")
     return Path(d).expanduser() if d else None
 
+_SHOWN_VARS = ("DEPTHSTUDY_CACHE", "DEPTHSTUDY_ACTS", "DEPTHSTUDY_DATA", "XDG_CACHE_HOME")
+
 def show_path(p) -> str:
-    "A path for messages and notebooks, with the home folder written as `~`. Example: `show_path(Path.home() / 'x')` -> '~/x'."
-    s, home = str(p), str(Path.home())
-    return "~" + s[len(home):] if home not in ("", "/") and (s == home or s.startswith(home + os.sep)) else s
+    """A path for messages and notebooks without this machine's layout: inside a folder named by `$DEPTHSTUDY_CACHE`,
+    `$DEPTHSTUDY_ACTS`, `$DEPTHSTUDY_DATA` or `$XDG_CACHE_HOME` it is written from that variable (the innermost such
+    folder wins), inside the home folder from `~`; any other path is left as it is.
+    Example: `show_path(Path.home() / 'x')` -> '~/x'; with DEPTHSTUDY_CACHE=/scratch/c, `show_path('/scratch/c/data')` -> '$DEPTHSTUDY_CACHE/data'."""
+    s = str(p)
+    roots = [(os.path.abspath(os.path.expanduser(v)), f"${k}") for k in _SHOWN_VARS if (v := os.environ.get(k))]
+    roots.append((str(Path.home()), "~"))
+    for root, label in sorted(roots, key=lambda r: -len(r[0])):
+        root = root.rstrip(os.sep)
+        if root and (s == root or s.startswith(root + os.sep)): return label + s[len(root):]
+    return s
 
 # %% ../nbs/00_config.ipynb #d08e7045
 _REACHABLE: dict = {}   # (host, port) -> bool
