@@ -224,13 +224,20 @@ def _last_line(log) -> str:
     lines = [l.strip() for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
     return lines[-1][:300] if lines else ""
 
+_OUT_DIR = "."   # the `out_dir` every lesson run gets: the kernel's working directory, the lesson's output folder
+
+def _run_values(src: Path, params: dict | None) -> dict:
+    "The parameters lesson `src` runs with: `params` checked and coerced (`validate_parameters`), and `out_dir`."
+    return {**validate_parameters(src, params), "out_dir": _OUT_DIR}
+
 def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: str | None = None, progress: bool = True) -> Path:
     """Execute lesson `name` with papermill into `out_dir/<name>/`, with `params` overriding its `parameters` cell.
 
     The parameters are checked first (`validate_parameters`), and so are `kernel` and that `out_dir` can be written,
     so a typo fails in a second, before any kernel starts or model loads.
-    The lesson gets one more parameter, `out_dir` = that folder (absolute), where it writes `results.csv` (the tidy
-    table) and its figures as PNG; the executed notebook is `out_dir/<name>/<name>.ipynb`. A lesson that fails
+    The kernel runs in that folder and the lesson gets one more parameter, `out_dir` = `"."` (relative, so the executed
+    notebook shows no path of this machine), where it writes `results.csv` (the tidy table) and its figures as PNG;
+    the executed notebook is `out_dir/<name>/<name>.ipynb`. A lesson that fails
     raises `LessonError` (one line: lesson, cell, error, the partly executed notebook). Afterwards every file
     there is scanned for the value of `NDIF_API_KEY` (and `HF_TOKEN`): if found the files are deleted and
     `SecretLeakError` is raised. Returns the executed notebook's path.
@@ -240,13 +247,12 @@ def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: st
     from depthstudy.results import check_output_folder
     src = find_lesson(name)
     name = src.stem
-    values = validate_parameters(src, params)
+    values = _run_values(src, params)
     kernel = kernel or "python3"
     _check_kernel(kernel)
     check_output_folder(out_dir, "the lessons' output folder")
     dest = (Path(out_dir) / name).resolve()
     dest.mkdir(parents=True, exist_ok=True)
-    values["out_dir"] = str(dest)
     nb_out = dest / f"{name}.ipynb"
     with tempfile.TemporaryFile() as log:                # the kernel's own output; deleted afterwards
         try:
@@ -294,8 +300,7 @@ def reproduce(model: str | None = None, remote: bool = False, out_dir="runs", le
         spec = lesson_parameters(src)
         params = {k: v for k, v in (("model", model), ("remote", remote)) if k in spec and v is not None}
         if "remote" in params and not remote: params.pop("remote")
-        values = validate_parameters(src, params)
-        values["out_dir"] = str((Path(out_dir) / src.stem).resolve())
+        values = _run_values(src, params)                 # exactly what run_lesson passes, so a current run is found
         plan.append((src, params, values))
     done = {}
     for src, params, values in plan:

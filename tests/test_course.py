@@ -36,7 +36,7 @@ def test_run_lesson_outputs_reflect_parameters(executed):
     nb = json.loads(nb_path.read_text())
     meta = nb["metadata"]["papermill"]
     assert meta["parameters"]["prompt"] == PROMPT and meta["parameters"]["top_k"] == 2
-    assert meta["parameters"]["out_dir"] == str(nb_path.parent) and not meta.get("exception")
+    assert meta["parameters"]["out_dir"] == "." and not meta.get("exception")   # relative: the kernel runs in the folder
     text = json.dumps(nb["cells"])
     assert f"prompt {PROMPT!r} -> next token" in text          # printed by the lesson from its parameters
     assert "top 2" in text and "top 3" not in text              # top_k=2 reached the lens table
@@ -109,7 +109,7 @@ def test_reproduce_skips_a_current_lesson(executed, tmp_path, no_execution):
     shutil.copytree(nb_path.parent, dest)
     nb = json.loads((dest / f"{LESSON}.ipynb").read_text())
     # pretend this executed notebook ran with reproduce's parameters (the defaults): it is then current
-    nb["metadata"]["papermill"]["parameters"] = {"out_dir": str(dest.resolve())}
+    nb["metadata"]["papermill"]["parameters"] = {"out_dir": "."}
     (dest / f"{LESSON}.ipynb").write_text(json.dumps(nb))
     assert course.reproduce(out_dir=tmp_path, lessons=[LESSON], progress=False) == {LESSON: "skipped"}
     # another model means other parameters: it must run (and here reaches the patched papermill)
