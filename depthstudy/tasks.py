@@ -906,23 +906,35 @@ class Corpus(NamedTuple):
         "The `task` label for results tables: 'gsm8k' or 'word-problems'."
         return "gsm8k" if self.source.startswith("GSM8K") else "word-problems"
 
+    @classmethod
+    def of(cls, texts, source: str, asked: int | None = None) -> "Corpus":
+        """A `Corpus` whose `source` also says how many texts there are when fewer came than `asked` for (a short
+        file): `Corpus.of(["..."], "GSM8K test set (--data)", asked=50).source` ->
+        'GSM8K test set (--data): 1 text (asked for 50)'. `asked=None` (all of them) adds nothing."""
+        texts = list(texts)
+        if asked is not None and len(texts) < asked:
+            source = f"{source}: {len(texts)} text{'' if len(texts) == 1 else 's'} (asked for {asked})"
+        return cls(texts, source)
+
 def corpus_texts(n: int | None = 20, data_dir=None, path=None, seed: int = 0) -> Corpus:
     """`n` GSM8K texts (as `gsm8k_texts`: the first `n` items) when GSM8K's test.jsonl is at `path` or found as
     `find_data` finds it (data folder, `$DEPTHSTUDY_DATA`, hub cache), else `n` `word_problems(n, seed)`.
 
-    Returns `Corpus(texts, source)`, `source` a one-line description for a lesson to print. Never raises for a
-    missing file (a malformed one still raises `TaskDataError`). `n=None`: all of GSM8K, or 1319 generated.
+    Returns `Corpus(texts, source)`, `source` a one-line description for a lesson to print; when the file has
+    fewer than `n` texts, it also says how many ("GSM8K test set (path given): 1 text (asked for 50)", see
+    `Corpus.of`). Never raises for a missing file (a malformed one still raises `TaskDataError`). `n=None`: all of
+    GSM8K, or 1319 generated.
     Example: `texts, source = corpus_texts(20)`; `print(source)` -> 'GSM8K test set (DEPTHSTUDY_DATA)'."""
     n = _check_n(n)
     if path is not None:
-        if Path(path).expanduser().is_file(): return Corpus(gsm8k_texts(path, n=n), "GSM8K test set (path given)")
+        if Path(path).expanduser().is_file(): return Corpus.of(gsm8k_texts(path, n=n), "GSM8K test set (path given)", n)
         why = "the path given is not a file"
     else:
         p, src, looked = _locate("gsm8k/test.jsonl", data_dir)
-        if p is not None: return Corpus(gsm8k_texts(p, n=n), f"GSM8K test set ({src})")
+        if p is not None: return Corpus.of(gsm8k_texts(p, n=n), f"GSM8K test set ({src})", n)
         why = "; ".join(f"not in {w.split(' (')[0]}" if note == "not there" else f"{w}: {note}" for w, note in looked)
-    return Corpus(word_problems(1319 if n is None else n, seed=seed),
-                  f"generated word problems, seed {seed} (GSM8K not found: {why}; set DEPTHSTUDY_DATA or install datasets with network)")
+    return Corpus.of(word_problems(1319 if n is None else n, seed=seed),
+                     f"generated word problems, seed {seed} (GSM8K not found: {why}; set DEPTHSTUDY_DATA or install datasets with network)", n)
 
 # %% ../nbs/03_tasks.ipynb #d34b625b
 def mquake(path, n_distractors: int = 4, seed: int = 0) -> list:

@@ -471,7 +471,7 @@ def test_hub_copy_is_converted_once_and_read_by_the_normal_loaders(fake_hub, mon
                      "Question: Omar reads 5 pages a day for 6 days, then 2 more pages. How many pages does he read?\n"
                      "Answer: In 6 days he reads 5*6=30 pages.\nHe reads 30+2=32 pages in all.\n#### 32"]
     assert [x.meta["hops"] for x in load_task("gsm8k-steps")] == [1, 2]
-    assert corpus_texts(5) == (texts, "GSM8K test set (hub cache: openai/gsm8k)")
+    assert corpus_texts(5) == (texts, "GSM8K test set (hub cache: openai/gsm8k): 2 texts (asked for 5)")   # a short file says so
 
     # later runs read the cached files: no second hub call, and no network needed at all
     def no_hub(*a): raise AssertionError("the hub must not be asked twice")
