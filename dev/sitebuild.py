@@ -7,8 +7,9 @@ a dev-only dependency) and README.md from the notebooks.
 `make run` and `make test` call it; the functions are importable for tests (`sys.path` gets `dev/`).
 """
 from __future__ import annotations
-import argparse, json, re, shutil, subprocess, sys
+import argparse, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
+from depthstudy.config import cache_dir, show_path
 from depthstudy.course import cell_source, executed_path, repo_root
 
 _NBDEV_DIRECTIVES = re.compile(r"^#\|\s*(export|exports|exporti|exec_doc|hide_line|filter_stream|default_exp|eval\s*:\s*false\s*$)", re.I)
@@ -43,6 +44,61 @@ def _site_notebook(nb: dict) -> dict:
         break
     return {**nb, "cells": cells}
 
+_GENERIC = {"/", "/tmp", "/var", "/var/tmp", "/usr", "/usr/local", "/opt", "/home", "/mnt", "/srv", "/private", "/private/tmp"}
+
+def machine_paths(executed_dir=None, root=None) -> list[tuple[str, str]]:
+    """The folders of this machine that no page of the site may show, each with what a page shows instead, innermost
+    first: the executed lessons (as given when relative, such as `runs`, else by their folder's name), the checkout
+    (`.`), a virtual environment (`$VIRTUAL_ENV`), and the cache, data and activation folders and the home folder as
+    `show_path` writes them (`$DEPTHSTUDY_CACHE`, `~`, ...). Example: `dict(machine_paths("runs"))[os.path.abspath("runs")]` -> 'runs'."""
+    places = []                                             # (folder, label); label None: as `show_path` writes it
+    if executed_dir:
+        e = Path(executed_dir).expanduser()
+        places.append((e, e.resolve().name if e.is_absolute() else os.path.normpath(e)))
+    places.append((root or repo_root(), "."))
+    if sys.prefix != sys.base_prefix: places.append((sys.prefix, "$VIRTUAL_ENV"))
+    places += [(os.environ.get(k), None) for k in ("DEPTHSTUDY_CACHE", "DEPTHSTUDY_ACTS", "DEPTHSTUDY_DATA", "XDG_CACHE_HOME")]
+    places += [(cache_dir(), None), (Path.home(), "~")]
+    out = {}
+    for p, label in places:
+        if not p: continue
+        q = os.path.abspath(os.path.expanduser(str(p)))
+        label = label or show_path(q)
+        if label == q: label = "$DEPTHSTUDY_CACHE"            # only the cache can be named by nothing shorter
+        for v in (q, os.path.realpath(q)):                  # a folder reached through a link shows under both names
+            if v not in _GENERIC and v != tempfile.gettempdir() and v not in out: out[v] = label
+    return sorted(out.items(), key=lambda x: -len(x[0]))
+
+def _path_pattern(paths) -> re.Pattern | None:
+    "Any of `paths` as a whole folder: not inside a longer name or path (`/a/root` is not `/root`), then `/` or the end."
+    if not paths: return None
+    alts = "|".join(re.escape(p) for p, _ in paths)
+    return re.compile(rf"(?:(?<![\w.~/\\-])|(?<=file://))({alts})(?![\w.-])")
+
+def hide_machine_paths(obj, paths):
+    "`obj` (a notebook: dicts, lists, strings) with every folder of `paths` (from `machine_paths`) replaced by its label."
+    pat, labels = _path_pattern(paths), dict(paths)
+    if pat is None: return obj
+    def fix(o):
+        if isinstance(o, str): return pat.sub(lambda m: labels[m.group(1)], o)
+        if isinstance(o, list): return [fix(x) for x in o]
+        if isinstance(o, dict): return {k: fix(v) for k, v in o.items()}
+        return o
+    return fix(obj)
+
+def find_machine_paths(folder, paths) -> list[str]:
+    "Every `file: folder` where a text file under `folder` shows one of `paths` (plain or JSON-escaped `\\/`)."
+    pat = _path_pattern(paths)
+    if pat is None: return []
+    esc = _path_pattern([(p.replace("/", "\\/"), l) for p, l in paths])
+    hits = []
+    for f in sorted(Path(folder).rglob("*")):
+        if not f.is_file() or f.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".woff", ".woff2", ".ttf", ".ico"): continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for m in [*pat.finditer(text), *esc.finditer(text)]:
+            hits.append(f"{f.relative_to(folder)}: {m.group(1)}")
+    return sorted(set(hits))
+
 def _write_api_index(stage: Path):
     "A landing page for the API reference: one line per module with its summary."
     import importlib
@@ -60,7 +116,8 @@ def _write_api_index(stage: Path):
 def stage_site(executed_dir=None, root=None) -> Path:
     """Copy what the site shows into `<root>/_proc/`: the top-level `_quarto.yml`, `nbs/styles.css`, the notebooks of
     `nbs/` (chapters and index) and `nbs/lessons/` (replaced by their executed copies from `executed_dir` when there),
-    each prepared with `_site_notebook`, and the API reference pages. Returns the staging folder."""
+    each prepared with `_site_notebook` and with this machine's folders replaced (`hide_machine_paths`), and the API
+    reference pages. Returns the staging folder."""
     root = Path(root) if root else repo_root()
     if root is None or not (root / "_quarto.yml").exists():
         raise FileNotFoundError("render_site needs a source checkout of depthstudy (nbs/ and _quarto.yml); "
@@ -75,9 +132,10 @@ def stage_site(executed_dir=None, root=None) -> Path:
     for p in sorted((root / "nbs" / "lessons").glob("*.ipynb")):
         ex = executed_path(executed_dir, p.stem) if executed_dir else None
         srcs.append((ex if ex is not None and ex.exists() else p, stage / "lessons" / p.name))
+    paths = machine_paths(executed_dir, root)
     for s, d in srcs:
         nb = json.loads(s.read_text(encoding="utf-8"))
-        d.write_text(json.dumps(_site_notebook(nb), indent=1), encoding="utf-8")
+        d.write_text(json.dumps(hide_machine_paths(_site_notebook(nb), paths), indent=1), encoding="utf-8")
     from smalldocs import api
     api.build(api.Settings(site=stage, packages=["depthstudy"], out="api", root=root))
     _write_api_index(stage)
@@ -103,7 +161,8 @@ def render_site(out="_site", executed_dir=None, root=None, quiet: bool = True) -
     """Build the website into `out`: home page, library chapters, lessons (with the executed outputs in `executed_dir`
     when given, else the outputs stored in the notebooks) and the API reference. Quarto renders it when `quarto` is on
     PATH, otherwise smalldocs (pure Python). `out` is checked first (`check_site_folder`), since it is replaced.
-    Returns the folder (open `index.html`). Example: `render_site("_site")`."""
+    A site that would still show a folder of this machine (`machine_paths`) is refused (`RuntimeError`), so one can
+    publish it as it is. Returns the folder (open `index.html`). Example: `render_site("_site")`."""
     check_site_folder(out)
     stage = stage_site(executed_dir, root)
     built = stage / "_site"
@@ -114,6 +173,10 @@ def render_site(out="_site", executed_dir=None, root=None, quiet: bool = True) -
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0 or not (built / "index.html").exists():
         raise RuntimeError(f"site build failed ({' '.join(cmd[:2])}...):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    leaks = find_machine_paths(built, machine_paths(executed_dir, root))
+    if leaks:
+        raise RuntimeError(f"the built site would show folders of this machine, so it was not written to {out}: "
+                           f"{'; '.join(leaks[:10])}{' ...' if len(leaks) > 10 else ''} (a bug of the site build: please report it)")
     out = Path(out).resolve()
     if out.exists(): shutil.rmtree(out)
     shutil.copytree(built, out)

@@ -153,3 +153,70 @@ def test_lessons_show_exercises_folded_solutions_and_questions(site, server, bro
             assert "correct:" in text and "details.solution" not in text, f"{page}: no worked solution passing its check"
             assert browser.execute_script("return document.querySelectorAll('details.solution').length") >= 1, \
                 f"{page}: no worked solution block (show_solution)"
+
+
+# Small parameters for lesson 01: one generated task, one whose data set is missing (so the page says where the hub
+# copy would be cached), no size ladder, no probes.
+LESSON01_SMALL = dict(tasks='["facts", "truthfulqa-mc3"]', n_items="6", ladder="[]", mode="lens", faithful="false")
+
+
+@pytest.mark.slow   # about 2 minutes: two real lesson runs and a site build
+def test_site_from_a_real_run_shows_no_folder_of_this_machine(tmp_path, monkeypatch):
+    """Build the site from real runs in a temporary folder, with the cache and data folders in it too (as when
+    DEPTHSTUDY_CACHE / DEPTHSTUDY_DATA point outside the home folder): no file of the site, search.json included,
+    holds the absolute path of the run folder, the cache, the data folder, the checkout or the home folder; nor do
+    the executed notebooks' parameters and displayed outputs (what the sources print, before the site build's net)."""
+    from depthstudy.models import prepare_embedded
+    real = prepare_embedded("smollm2-135m", progress=False)           # in the usual cache: prepared once, shared
+    cache, data = tmp_path / "cache", tmp_path / "data"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / real.name).symlink_to(real, target_is_directory=True)   # a cache of our own, no 20 s rebuild
+    data.mkdir()                                                       # a data folder without the data sets
+    monkeypatch.setenv("DEPTHSTUDY_CACHE", str(cache))
+    monkeypatch.setenv("DEPTHSTUDY_DATA", str(data))
+    monkeypatch.setenv("DEPTHSTUDY_NO_HUB", "1")
+    runs = tmp_path / "runs"
+    course.run_lesson("00_first_look", {}, out_dir=runs, progress=False)
+    course.run_lesson("01_bigger_deeper", LESSON01_SMALL, out_dir=runs, progress=False)
+    site = sitebuild.render_site(tmp_path / "site", executed_dir=runs)
+
+    home = str(Path.home())
+    forbidden = {str(tmp_path), os.path.realpath(tmp_path), str(runs.resolve()), str(cache), str(data),
+                 str(course.repo_root()), *([home + "/"] if home not in ("", "/") else [])}
+    for name in ("00_first_look", "01_bigger_deeper"):
+        nb = json.loads(course.executed_path(runs, name).read_text())
+        assert nb["metadata"]["papermill"]["parameters"]["out_dir"] == "."
+        shown = json.dumps([[c.get("source"), [o for o in c.get("outputs", []) if o.get("name") != "stderr"]]
+                            for c in nb["cells"]])
+        leaks = [p for p in forbidden if p in shown or p.replace("/", "\\/") in shown]
+        assert not leaks, f"executed lesson {name} shows {leaks}"
+    files = [f for f in site.rglob("*") if f.is_file()]
+    assert (site / "search.json") in files and len(files) > 30
+    leaks = [(f.relative_to(site).as_posix(), p) for f in files for p in forbidden
+             if p.encode() in f.read_bytes() or p.replace("/", "\\/").encode() in f.read_bytes()]
+    assert not leaks, f"the site shows folders of this machine: {leaks[:10]}"
+    page = (site / "lessons" / "01_bigger_deeper.html").read_text(encoding="utf-8")
+    assert "fetched once into $DEPTHSTUDY_CACHE/data" in page       # the data-source note was there, without the path
+    assert "$DEPTHSTUDY_DATA/seed000/TruthfulQA.csv" in page
+    assert '# Parameters out_dir = \\".\\"' in (site / "search.json").read_text(encoding="utf-8")   # papermill's injected cell
+
+
+def test_site_build_hides_and_refuses_machine_paths(tmp_path, monkeypatch):
+    "The site build's net: this machine's folders in a staged notebook are replaced; one left in a built page is found."
+    monkeypatch.setenv("DEPTHSTUDY_CACHE", str(tmp_path / "c"))
+    paths = dict(sitebuild.machine_paths(tmp_path / "runs"))
+    assert paths[str(tmp_path / "runs")] == "runs" and paths[str(tmp_path / "c")] == "$DEPTHSTUDY_CACHE"
+    assert paths[str(course.repo_root())] == "."
+    nb = {"cells": [{"source": f"x = '{tmp_path}/runs/00/a.png'", "outputs": [{"text": f"cached at {tmp_path}/c/models\n"}]}],
+          "metadata": {"papermill": {"input_path": f"{course.repo_root()}/nbs/lessons/00.ipynb"}}}
+    out = sitebuild.hide_machine_paths(nb, sitebuild.machine_paths(tmp_path / "runs"))
+    assert out["cells"][0]["source"] == "x = 'runs/00/a.png'"
+    assert out["cells"][0]["outputs"][0]["text"] == "cached at $DEPTHSTUDY_CACHE/models\n"
+    assert out["metadata"]["papermill"]["input_path"] == "./nbs/lessons/00.ipynb"
+    assert sitebuild.hide_machine_paths({"s": f"{tmp_path}/cx /x{tmp_path}/c"}, [(str(tmp_path / "c"), "C")]) == \
+        {"s": f"{tmp_path}/cx /x{tmp_path}/c"}                          # only whole folders, never inside another path
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "search.json").write_text(json.dumps({"t": f"{tmp_path}/c/data"}).replace("/", "\\/"))
+    (tmp_path / "site" / "ok.html").write_text("<p>$DEPTHSTUDY_CACHE/data</p>")
+    hits = sitebuild.find_machine_paths(tmp_path / "site", sitebuild.machine_paths())   # some JSON writes / as \/
+    assert len(hits) == 1 and hits[0].startswith("search.json: ") and hits[0].endswith("\\/c"), hits
