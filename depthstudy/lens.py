@@ -11,7 +11,7 @@ import nnsight
 from .models import Model
 from .items import MCItem, Template
 from .tasks import item_template
-from .results import tidy, bootstrap_ci
+from .results import tidy, bootstrap_ci, caveat
 from .store import ActivationCache
 from .executor import Batch, Work, run
 from .trace import lens_logits
@@ -224,7 +224,8 @@ def mc_metrics(scores, items, model=None, n_boot: int = 1000, seed: int = 0) -> 
     """Per task, layer and metric (mc1, mc2, mc3): mean over items, 95% bootstrap CI, n and chance, as a tidy table.
 
     Args: `scores` (from `mc_scores`), `items` (the same items), `model` (a `Model` or name, fills `model`, `n_layers`),
-    `n_boot`, `seed`. Example: `mc_metrics(mc_scores(m, items), items, m)`.
+    `n_boot`, `seed`. A task with fewer items than `MIN_SIZE["lens_mc"]` (5) is scored all the same, and its rows
+    carry a `caveat` saying that the result cannot be read. Example: `mc_metrics(mc_scores(m, items), items, m)`.
     """
     items = list(items)
     if len(scores) != len(items): raise ValueError(f"{len(scores)} score tensors for {len(items)} items; pass the same items")
@@ -239,13 +240,14 @@ def mc_metrics(scores, items, model=None, n_boot: int = 1000, seed: int = 0) -> 
     rows = []
     for task in dict.fromkeys(t for t, _, _ in per):
         sub = [(m, c) for t, m, c in per if t == task]
+        cav = caveat("lens_mc", len(sub), of=f" in task {task!r}")
         for metric in ("mc1", "mc2", "mc3"):
             V = np.stack([m[metric] for m, _ in sub])       # [n_items, L+1]
             chance = float(np.mean([c[metric] for _, c in sub]))
             for l in range(V.shape[1]):
                 lo, hi = bootstrap_ci(V[:, l], n_boot=n_boot, seed=seed)
                 rows.append(dict(task=task, layer=l, metric=metric, value=float(V[:, l].mean()), ci_low=lo, ci_high=hi,
-                                 n=len(sub), chance=chance))
+                                 n=len(sub), chance=chance, caveat=cav))
     if model is None: return tidy(rows, model="", n_layers=n_layers)
     return tidy(rows, model=model) if not isinstance(model, str) else tidy(rows, model=model, n_layers=n_layers)
 

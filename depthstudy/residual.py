@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 import nnsight
 from .models import Model, encode
-from .results import tidy, ratio_ci
-from .tasks import corpus_texts
+from .results import tidy, ratio_ci, caveat
+from .tasks import Corpus, corpus_texts
 from .store import ActivationCache
 from .executor import Batch, Work, run
 from .trace import lens_logits
@@ -77,10 +77,10 @@ def plan_contributions(tokenizer, shape: dict, texts, batch_size: int = 8) -> Wo
                 lambda b, s: _per_text(b, torch.stack(list(s["f"]), 2), "f"), desc="contributions")
 
 def _texts_and_task(texts, task, what):
-    "The texts to run and the `task` label: `texts` ('gsm8k' unless told), else `corpus_texts(n=20)` (GSM8K or generated)."
-    if texts is None:
-        c = corpus_texts(n=20)
-        return list(c.texts), task or c.task
+    """The texts to run and the `task` label: `texts` (a list: 'gsm8k' unless told; a `Corpus`: its texts and task),
+    else `corpus_texts(n=20)` (GSM8K or generated)."""
+    if texts is None: texts = corpus_texts(n=20)
+    if isinstance(texts, Corpus): return _texts(texts.texts, what), task or texts.task
     return _texts(texts, what), task or "gsm8k"
 
 def contributions(model, texts=None, batch_size: int = 8, task: str | None = None, n_boot: int = 1000,
@@ -90,9 +90,10 @@ def contributions(model, texts=None, batch_size: int = 8, task: str | None = Non
     For every block `l` and real token (position 0 excluded): `attn_rel` = ‖a‖/‖h‖, `mlp_rel` = ‖m‖/‖h+a‖,
     `block_rel` = ‖a+m‖/‖h‖, `attn_cos` = cos(a, h), `mlp_cos` = cos(m, h+a), `block_cos` = cos(a+m, h),
     and absolute mean norms `norm_h`, `norm_a`, `norm_m`. Returns a tidy table with `stat` = "mean"
-    (token-weighted over ALL texts; bootstrap CI over texts) and "max" (over all tokens); `n` = tokens.
+    (token-weighted over ALL texts; bootstrap CI over texts) and "max" (over all tokens); `n` = tokens. Fewer texts
+    than `MIN_SIZE["contributions"]` (5) still run, and every row carries a `caveat` saying the result cannot be read.
 
-    Args: `texts` (default `corpus_texts(n=20)`: GSM8K where found, else generated word problems), `batch_size`
+    Args: `texts` (a list or a `Corpus`; default `corpus_texts(n=20)`: GSM8K where found, else generated word problems), `batch_size`
     texts per trace, `task` (the label in the table; default 'gsm8k', or 'word-problems' for generated default texts),
     `cache`/`remote` as for the executor.
     Example: `contributions(m, gsm8k_texts(n=4)).query("metric == 'block_rel' and stat == 'mean'")`.
@@ -116,7 +117,7 @@ def contributions(model, texts=None, batch_size: int = 8, task: str | None = Non
             rows.append(dict(task=task, layer=l, metric=name, stat="mean", value=mean[l, k], ci_low=lo[l, k],
                              ci_high=hi[l, k], n=int(counts.sum())))
             rows.append(dict(task=task, layer=l, metric=name, stat="max", value=mx[l, k], n=int(counts.sum())))
-    return tidy(rows, model=model)
+    return tidy(rows, model=model, caveat=caveat("contributions", len(texts)))
 
 # %% ../nbs/12_residual.ipynb #d59f4dc9
 def _depth_lens_body(model: Model, batch: Batch) -> dict:
@@ -153,7 +154,8 @@ def logit_lens_depth(model, texts=None, k: int = 5, batch_size: int = 4, task: s
                      remote=None) -> pd.DataFrame:
     """Per `h[l]` (l = 0..L): mean over real tokens (position 0 excluded) of `KL(p_l || p_final)` (metric
     "kl_final", nats) and of the fraction of the final top-`k` tokens found in the layer's top-`k`
-    ("topk_overlap"), where `p_l = softmax(head(norm(h[l])))`. Tidy, `stat` = "mean", bootstrap CI over texts.
+    ("topk_overlap"), where `p_l = softmax(head(norm(h[l])))`. Tidy, `stat` = "mean", bootstrap CI over texts;
+    with fewer texts than `MIN_SIZE["logit_lens_depth"]` (5) every row carries a `caveat` saying it cannot be read.
 
     `texts` and `task` default as in `contributions` (`corpus_texts(n=20)`, never failing for missing data).
     Example: `logit_lens_depth(m, gsm8k_texts(n=4), k=5)`.
@@ -174,4 +176,4 @@ def logit_lens_depth(model, texts=None, k: int = 5, batch_size: int = 4, task: s
     rows = [dict(task=task, layer=l, metric=name, stat="mean", value=mean[l, j], ci_low=lo[l, j], ci_high=hi[l, j],
                  n=int(counts.sum()), k=k)
             for l in range(L + 1) for j, name in enumerate(["kl_final", "topk_overlap"])]
-    return tidy(rows, model=model)
+    return tidy(rows, model=model, caveat=caveat("logit_lens_depth", len(texts)))
