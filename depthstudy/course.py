@@ -6,11 +6,13 @@
 from __future__ import annotations
 import ast, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+from .ndif import SECRET_VARS, secret_values
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'RESERVED', 'SECRET_VARS', 'repo_root', 'lessons_dir', 'cell_source', 'lesson_parameters',
-           'list_lessons', 'find_lesson', 'coerce_parameter', 'check_remote', 'validate_parameters', 'SecretLeakError',
-           'scan_for_secrets', 'executed_path', 'LessonError', 'run_lesson', 'reproduce']
+__all__ = ['PACKAGE_DIR', 'RESERVED', 'SECRET_VARS', 'repo_root', 'lessons_dir', 'cell_source', 'parameter_rules', 'check_rules',
+           'lesson_parameters', 'list_lessons', 'find_lesson', 'coerce_parameter', 'check_remote',
+           'validate_parameters', 'SecretLeakError', 'scan_for_secrets', 'executed_path', 'LessonError', 'run_lesson',
+           'reproduce']
 
 # %% ../nbs/18_course.ipynb #9823ef13
 PACKAGE_DIR = Path(__file__).resolve().parent if "__file__" in globals() else None
@@ -44,9 +46,60 @@ def _parameters_cell(nb: dict):
     return next((c for c in nb.get("cells", []) if c.get("cell_type") == "code"
                  and "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
 
+_BOUND = {"at least": ">=", "at most": "<=", "above": ">", "below": "<"}
+_RULE = re.compile(r"(each )?(at least|at most|above|below) (-?[\d.]+(?:e-?\d+)?)( entry| entries)?|(each )?one of (.+)|non-empty")
+
+def parameter_rules(help: str) -> list:
+    """The range rules at the end of a parameter's comment, in parentheses, clauses separated by `;`: `at least 1`,
+    `at most 50`, `above 0`, `below 1` (bounds); `at least 1 entry` (a list's length); `each at least 1` (every
+    element); `one of a, b` / `each one of a, b` (allowed values, read as Python literals where they parse, else as
+    words); `non-empty` (a string with text). Words, not `>=`: papermill reads a line with a second `=` as no
+    parameter. A parenthesis not made only of such clauses is prose: no rules. Returns `[(op, arg), ...]`.
+    Example: `parameter_rules("tokens per layer (at least 1; at most 50)")` -> `[('>=', 1), ('<=', 50)]`."""
+    m = re.search(r"\(([^()]*)\)\s*$", help)
+    if not m: return []
+    rules = []
+    for clause in (c.strip() for c in m.group(1).split(";")):
+        r = _RULE.fullmatch(clause)
+        if not r: return []
+        if r.group(2):
+            op = _BOUND[r.group(2)]
+            if r.group(4): op = f"len {op}"
+            elif r.group(1): op = f"each {op}"
+            rules.append((op, ast.literal_eval(r.group(3))))
+        elif r.group(6):
+            vals = []
+            for w in (w.strip() for w in r.group(6).split(",")):
+                try: vals.append(ast.literal_eval(w))
+                except (ValueError, SyntaxError): vals.append(w)
+            rules.append(("each one of" if r.group(5) else "one of", vals))
+        else: rules.append(("non-empty", None))
+    return rules
+
+_CMP = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+_WORDS = {v: k for k, v in _BOUND.items()}
+
+def check_rules(name: str, value, rules) -> None:
+    """Raise `ValueError` naming `name`, the rule and the value when `value` breaks one of `rules` (`parameter_rules`).
+    Example: `check_rules("top_k", -1, [(">=", 1)])` raises 'top_k must be at least 1, got -1'."""
+    def bad(what): return ValueError(f"{name} must {what}, got {value!r}")
+    for op, arg in rules:
+        if op in _CMP and not _CMP[op](value, arg): raise bad(f"be {_WORDS[op]} {arg}")
+        if op.startswith("len ") and not _CMP[op[4:]](len(value), arg):
+            raise bad(f"have {_WORDS[op[4:]]} {arg} {'entry' if arg == 1 else 'entries'}")
+        if op.startswith("each ") and op[5:] in _CMP:
+            off = [v for v in value if not _CMP[op[5:]](v, arg)]
+            if off: raise bad(f"hold only values {_WORDS[op[5:]]} {arg} ({off[0]!r} is not)")
+        if op == "one of" and value not in arg: raise bad(f"be one of {', '.join(map(repr, arg))}")
+        if op == "each one of":
+            off = [v for v in value if v not in arg]
+            if off: raise bad(f"hold only {', '.join(map(repr, arg))} ({off[0]!r} is none of them)")
+        if op == "non-empty" and not str(value).strip(): raise bad("not be empty")
+
 def lesson_parameters(path) -> dict:
     """The parameters of a lesson notebook, read from its cell tagged `parameters` (never run):
-    `{name: dict(default=..., type="int", help="the comment after it")}`, in the cell's order.
+    `{name: dict(default=..., type="int", help="the comment after it", rules=[...])}`, in the cell's order; `rules`
+    are the range rules at the end of the comment (`parameter_rules`), which `validate_parameters` enforces.
     Example: `lesson_parameters(lessons_dir()/"00_first_look.ipynb")["model"]["default"]` -> `'smollm2-135m'`."""
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
     cell = _parameters_cell(nb)
@@ -62,7 +115,7 @@ def lesson_parameters(path) -> dict:
         except ValueError: continue                     # computed defaults are not parameters one can set
         line = lines[node.end_lineno - 1]
         help = line.split("#", 1)[1].strip() if "#" in line[node.end_col_offset:] else ""
-        out[targets[0].id] = dict(default=default, type=type(default).__name__, help=help)
+        out[targets[0].id] = dict(default=default, type=type(default).__name__, help=help, rules=parameter_rules(help))
     return out
 
 def _title(nb: dict, fallback: str) -> str:
@@ -166,13 +219,16 @@ def validate_parameters(lesson, params: dict | None) -> dict:
     if unknown:
         valid = ", ".join(f"{k} ({v['type']}, default {v['default']!r})" for k, v in spec.items() if k not in RESERVED)
         raise ValueError(f"lesson {path.stem} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {valid}")
-    key = os.environ.get("NDIF_API_KEY")
+    secrets = secret_values()
     out = {}
     for k, v in params.items():
-        if key and isinstance(v, str) and key in v:
-            raise ValueError(f"parameter {k} holds the value of NDIF_API_KEY: lessons read the key from the environment; "
+        text = v if isinstance(v, str) else json.dumps(v, default=str)
+        if any(s in text for s in secrets):
+            raise ValueError(f"parameter {k} holds the NDIF key (the value of NDIF_API_KEY, or HF_TOKEN): lessons read the key "
+                             "from the environment; "
                              "never pass it as a parameter (it would be written into the executed notebook)")
         out[k] = coerce_parameter(k, v, spec[k]["default"])
+        check_rules(k, out[k], spec[k].get("rules", []))
     values = {**{k: v["default"] for k, v in spec.items()}, **out}   # what the lesson will run with
     if values.get("remote") is True:
         names = ([values["model"]] if isinstance(values.get("model"), str) else []) + list(values.get("models") or [])
@@ -184,12 +240,13 @@ def validate_parameters(lesson, params: dict | None) -> dict:
 class SecretLeakError(RuntimeError):
     "A lesson's outputs contain the value of a secret environment variable."
 
-SECRET_VARS = ("NDIF_API_KEY", "HF_TOKEN")
+SECRET_VARS = SECRET_VARS   # depthstudy.ndif's list: NDIF_API_KEY and HF_TOKEN
 
 def scan_for_secrets(folder, names=SECRET_VARS) -> list[Path]:
-    """Files under `folder` whose text contains the value of any environment variable in `names` (when set and
-    at least 8 characters long). Binary files (PNG) are read as bytes too. Example: `scan_for_secrets("runs")` -> `[]`."""
-    secrets = [os.environ[n].encode() for n in names if len(os.environ.get(n, "")) >= 8]
+    """Files under `folder` that contain the value of any environment variable in `names` in any of its forms
+    (`depthstudy.ndif.secret_forms`: stripped of line endings and quotes, JSON- and URL-escaped; a value of fewer than
+    8 characters is no secret). Binary files (PNG) are read as bytes too. Example: `scan_for_secrets("runs")` -> `[]`."""
+    secrets = [s.encode() for s in secret_values(names)]
     if not secrets: return []
     return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and any(s in p.read_bytes() for s in secrets)]
 
@@ -230,6 +287,18 @@ def _run_values(src: Path, params: dict | None) -> dict:
     "The parameters lesson `src` runs with: `params` checked and coerced (`validate_parameters`), and `out_dir`."
     return {**validate_parameters(src, params), "out_dir": _OUT_DIR}
 
+def _relative_paths(nb_out: Path, src: Path):
+    """Papermill records where the notebook came from and went to as absolute paths; keep only their names (the
+    lesson's file and the executed copy beside it), so a published run folder shows nothing of this machine."""
+    try: nb = json.loads(nb_out.read_text(encoding="utf-8"))
+    except (OSError, ValueError): return
+    pm_meta = nb.get("metadata", {}).get("papermill")
+    if not pm_meta: return
+    pm_meta.update(input_path=f"lessons/{src.name}", output_path=nb_out.name)
+    tmp = nb_out.with_name(f".{nb_out.name}.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, nb_out)
+
 def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: str | None = None, progress: bool = True) -> Path:
     """Execute lesson `name` with papermill into `out_dir/<name>/`, with `params` overriding its `parameters` cell.
 
@@ -268,6 +337,7 @@ def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: st
             raise LessonError(f"lesson {name}: its kernel died ({last or 'out of memory?'}). "
                               f"The partly executed notebook is {nb_out}") from None
         finally:
+            _relative_paths(nb_out, src)
             leaks = scan_for_secrets(dest)
             if leaks:
                 for p in leaks: p.unlink()
