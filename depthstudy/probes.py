@@ -14,7 +14,7 @@ from sklearn.svm import LinearSVC
 from sklearn.linear_model import LogisticRegression, RidgeClassifierCV
 from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
-from .results import tidy, clip_ci, caveat, merge_caveats
+from .results import tidy, clip_ci, caveat
 from .items import MCItem
 from .tasks import choice_texts, item_template
 from .trace import collect, plan_collect
@@ -271,11 +271,10 @@ def _vals(folds, met):
 def _label_caveat(sp, n):
     """The caveat of one label decoded from `n` stimuli: too few stimuli (`MIN_SIZE["decode"]`), or a class with too
     few stimuli to be learned (`MIN_SIZE["decode_class"]`), in words; "" when neither."""
-    out = [caveat("decode", n)]
-    if not sp["regression"]:
-        cls, cnt = np.unique(sp["y"], return_counts=True)
-        out.append(caveat("decode_class", int(cnt.min()), of=f" of class {cls[cnt.argmin()]!r} of label {sp['name']!r}"))
-    return merge_caveats(out)
+    few = caveat("decode", n)
+    if few or sp["regression"]: return few                  # too few stimuli already says all
+    cls, cnt = np.unique(sp["y"], return_counts=True)
+    return caveat("decode_class", int(cnt.min()), of=f" of class {cls[cnt.argmin()].item()!r} of label {sp['name']!r}")
 
 def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed: int = 0, n_perm: int = 5,
                   layers=None, task: str = "label", model=None, n_layers: int | None = None,

@@ -21,6 +21,10 @@ COLUMNS = ["model", "n_layers", "task", "layer", "rel_depth", "metric", "value",
 "The columns every results table starts with, in this order."
 
 # %% ../nbs/01_results.ipynb #4d235df9
+def _caveat_text(s: pd.Series) -> pd.Series:
+    "A caveat column as text: missing (NaN, None; an all-empty column read from CSV is float) becomes \"\"."
+    return s.astype(object).where(s.notna(), "").astype(str)
+
 def tidy(rows, model=None, **constants) -> pd.DataFrame:
     """Build a results table in the one schema from `rows` (dicts or a DataFrame).
 
@@ -43,7 +47,7 @@ def tidy(rows, model=None, **constants) -> pd.DataFrame:
                          "Pass model=... for model/n_layers, or add the columns to each row.")
     for c in COLUMNS:
         if c not in df.columns: df[c] = "" if c == "caveat" else np.nan
-    df["caveat"] = df["caveat"].fillna("").astype(str)
+    df["caveat"] = _caveat_text(df["caveat"])
     need = df["rel_depth"].isna() & df["layer"].notna() & df["n_layers"].notna()
     df.loc[need, "rel_depth"] = df.loc[need, "layer"].astype(float) / df.loc[need, "n_layers"].astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
@@ -76,6 +80,8 @@ MIN_SIZE = {
 """Per analysis, the fewest units below which its result cannot be read: `n` `unit` (`per` what), what `needs` them,
 and `why` (one sentence). `caveat` turns a count into the words a table carries."""
 
+_UNREADABLE = "; this result cannot be read"
+
 def caveat(analysis: str,          # a key of `MIN_SIZE`
            n,                      # how many units the result rests on
            need=None,              # the minimum, when it depends on the data (default: MIN_SIZE[analysis]["n"])
@@ -89,17 +95,19 @@ def caveat(analysis: str,          # a key of `MIN_SIZE`
     need = m["n"] if need is None else need
     if n >= need: return ""
     per = f" {m['per']}" if m.get("per") and need == m["n"] and not of else ""
-    return (f"too few {m['unit']}{of}: {n:g}{per}, {needs or m['needs']} needs at least {need:g}; "
-            "this result cannot be read")
+    return f"too few {m['unit']}{of}: {n:g}{per}, {needs or m['needs']} needs at least {need:g}{_UNREADABLE}"
 
 def merge_caveats(*caveats) -> str:
     """One caveat from several (strings, or iterables of them such as a table's `caveat` column): the distinct
-    non-empty ones in order, joined by "; ". Example: `merge_caveats("a", ["", "b", "a"])` -> 'a; b'."""
+    non-empty ones in order, joined by "; ", with "this result cannot be read" said once, at the end.
+    Example: `merge_caveats("a", ["", "b", "a"])` -> 'a; b'."""
     out = []
     for c in caveats:
         for s in ([c] if isinstance(c, str) or c is None else c):
             if isinstance(s, str) and s and s not in out: out.append(s)
-    return "; ".join(out)
+    if sum(s.endswith(_UNREADABLE) for s in out) < 2: return "; ".join(out)
+    return "; ".join([s for s in out if not s.endswith(_UNREADABLE)] +
+                     [s[:-len(_UNREADABLE)] for s in out if s.endswith(_UNREADABLE)]) + _UNREADABLE
 
 # %% ../nbs/01_results.ipynb #24aeed9a
 def resample(n: int,             # number of units (items, texts) to resample
@@ -421,7 +429,7 @@ def _schema_order(df: pd.DataFrame) -> pd.DataFrame:
     "A table with every schema column (caveat aside): those first, in order, and `caveat` as text (\"\" for none)."
     if not set(COLUMNS) - {"caveat"} <= set(df.columns): return df
     if list(df.columns[:len(COLUMNS)]) == COLUMNS and df["caveat"].map(lambda c: isinstance(c, str)).all(): return df
-    df = df.assign(caveat=df["caveat"].fillna("").astype(str) if "caveat" in df.columns else "")
+    df = df.assign(caveat=_caveat_text(df["caveat"]) if "caveat" in df.columns else "")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 def save_results(df: pd.DataFrame, path) -> Path:
