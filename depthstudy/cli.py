@@ -156,7 +156,7 @@ def _corpus(args):
     """The texts of `depth` and `map`: GSM8K from `--data` (which must exist), else GSM8K from the data folder or the
     hub cache, else generated word problems. Returns a `Corpus` (texts, source: where they came from)."""
     from depthstudy.tasks import Corpus, corpus_texts, gsm8k_texts
-    return Corpus(gsm8k_texts(args.data, n=args.n), "GSM8K test set (--data)") if args.data else corpus_texts(n=args.n)
+    return Corpus.of(gsm8k_texts(args.data, n=args.n), "GSM8K test set (--data)", asked=args.n) if args.data else corpus_texts(n=args.n)
 
 def _say_corpus(args, c):
     "Where the texts came from, on stderr (after the models loaded, so a failed load stays one line)."

@@ -144,7 +144,7 @@ def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float =
         "is determined, so this checks the machinery and compares no two models" if _same_model(model_a, model_b)
         else "")
     rows = []
-    for a, i in enumerate(tqdm(la, disable=not progress, desc="linear maps")):
+    for a, i in enumerate(tqdm(la, desc="linear maps", **({} if progress else {"disable": True}))):   # else TQDM_DISABLE holds
         mx = Xtr[a].mean(0, keepdim=True)
         Xc = Xtr[a] - mx
         C = Xc.T @ Xc

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import nnsight
 from .models import Model, encode, submodule
-from .results import tidy, bootstrap_ci, ratio_ci, resample, percentile_ci
+from .results import tidy, bootstrap_ci, ratio_ci, resample, percentile_ci, caveat
 from .items import Template
 from .tasks import corpus_texts
 from .store import ActivationCache
@@ -360,7 +360,7 @@ def skip_effects(model, texts=None, mode: str = "block", variant: str = "future"
             rows.append(dict(base, layer=s, metric="skip_output", stat="max", value=omx[k], n=n))
             rows.append(dict(base, layer=s, metric="skip_output", stat="mean", value=omean[k], ci_low=olo[k],
                              ci_high=ohi[k], n=n))
-    df = tidy(rows, model=model)
+    df = tidy(rows, model=model, caveat=caveat("skip_effects", len(texts)))
     df["layer_b"] = df["layer_b"].astype("Int64")
     df["rel_depth_b"] = df["layer_b"].astype(float) / L
     return df

@@ -201,6 +201,17 @@ def test_lens_over_depth_on_a_one_text_file_says_so(model_dirs, one_text, tmp_pa
             "--data", str(one_text / "gsm8k" / "test.jsonl"))
     assert r.returncode == 0, r.stderr
     assert (load_results(out2).caveat == want).all() and warnings_of(r, "depth") == [want]
+    assert "texts: GSM8K test set (--data): 1 text (asked for 50)" in r.stderr, r.stderr   # --data says it too
+
+
+def test_skip_effects_on_one_text_say_so(model_dirs, one_text, tmp_path):
+    "The skip analysis carries the same caveat as the other analyses over texts."
+    out = tmp_path / "skip.csv"
+    r = run("depth", "--model", model_dirs["a"], "--analysis", "skip", "--n", "50", "--out", str(out),
+            "--data", str(one_text / "gsm8k" / "test.jsonl"))
+    assert r.returncode == 0, r.stderr
+    want = "too few texts: 1, a bootstrap interval over texts needs at least 5; this result cannot be read"
+    assert (load_results(out).caveat == want).all() and warnings_of(r, "depth") == [want]
 
 
 @pytest.mark.needs_data
