@@ -19,7 +19,7 @@ from .results import tidy
 from .items import MCItem, Template
 from .tasks import item_template
 from .stimuli import stimuli
-from .models import Model, load_model, encode, submodule
+from .models import Model, load_model, encode
 from .executor import Batch, Work, run
 from .trace import collect, lens_logits
 from .lens import mc_scores
@@ -78,16 +78,10 @@ def _states_body(model: Model, batch: Batch) -> dict:
     sp = batch.spec
     hs = nnsight.save([])
     for l in range(model.n_layers):
-        h = model.blocks[l].input
+        h = model.resid(l)
         hs.append(h.float().cpu())
-        if sp["mask"] is not None and l == sp["layer"]:
-            mk = sp["mask"].to(h.device)
-            if sp["mode"] == "attn": model.attn_out(l).masked_fill_(mk, 0.0)
-            elif sp["mode"] == "mlp": model.mlp_out(l).masked_fill_(mk, 0.0)
-            else:
-                out = model.blocks[l].output
-                out.copy_(torch.where(mk, h, out))
-    hs.append(model.norm.input.float().cpu())
+        if sp["mask"] is not None and l == sp["layer"]: model.skip(l, sp["mask"], sp["mode"], h=h)
+    hs.append(model.resid(model.n_layers).float().cpu())
     res = dict(h=hs)
     if sp["out"]:
         p = model.head.output.float().softmax(-1)
@@ -138,7 +132,7 @@ def _lens_reference(m: Model, prompts) -> torch.Tensor:
 def _lens_candidates(m: Model, prompts, ids):
     """Centred logits at token `ids` for every way of reading the lens of every prompt: per (padding side, decoding)
     a tensor [n, L+1, P, K] (decoding "norm" = head(norm(h)), "raw" = head(h), "norm2" = head(norm(norm(h))))."""
-    head, norm = submodule(m.hf, m.arch.head), submodule(m.hf, m.arch.norm)   # the torch modules
+    head, norm = m.head_module, m.final_norm_module                          # the torch modules
     W = head.weight.detach()[ids].double()
     b = head.bias.detach()[ids].double() if getattr(head, "bias", None) is not None else 0.0
     cands, masks = {}, {}

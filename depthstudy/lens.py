@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 import nnsight
-from .models import Model
+from .models import Model, find_arch, submodule
 from .items import MCItem, Template
 from .tasks import item_template
 from .results import tidy, bootstrap_ci, caveat
@@ -69,7 +69,7 @@ def _lens_body(model: Model, batch: Batch) -> dict:
     sp = batch.spec
     rows, cols, pu, pt, normed, exact = sp["rows"], sp["cols"], sp["pu"], sp["pt"], sp["normed"], sp["exact"]
     L = model.n_layers
-    hs = [model.blocks[l].input[rows, cols] for l in range(L)] + [model.norm.input[rows, cols]]
+    hs = [model.resid(l)[rows, cols] for l in range(L + 1)]
     lps = nnsight.save([])
     # exact: "f64" the model computes in float64; True a float32 model without head bias; False anything else.
     # Un-normed residuals give logits in the thousands, where float32 keeps only ~1e-4 absolute: decode them in float64.
@@ -100,7 +100,7 @@ def _lens_unpack(batch: Batch, saved: dict) -> list:
 def _exact(model: Model):
     """How to decode: "f64" for a float64 model (everything stays float64); True for a float32 model without an
     output-head bias (un-normed layers decoded in float64); False otherwise (bf16 models gain nothing from it)."""
-    head = model.head._module
+    head = model.head_module
     dt = getattr(getattr(head, "weight", None), "dtype", None)
     if dt == torch.float64: return "f64"
     return getattr(head, "bias", None) is None and dt == torch.float32
@@ -170,11 +170,11 @@ def mc_scores_reference(hf_model, tokenizer, items, template: Template | None = 
 
     Args: `hf_model` (a Hugging Face causal LM), `tokenizer`, `items`, `template` (as in `mc_scores`),
     `faithful` (`True`: HF `hidden_states` as they are, i.e. no norm before layer L; `False`: the final norm applied
-    at every layer), `length_norm`, `norm`/`head` (modules; default `hf_model.model.norm`, `hf_model.lm_head`).
+    at every layer), `length_norm`, `norm`/`head` (modules; default the final norm of `hf_model`'s `Arch` row and its output embeddings).
     The head is applied in float64, so this is the exact value for the model's hidden states.
     Returns what `mc_scores` returns. Example: `mc_scores_reference(m.hf, m.tokenizer, factual(n=2))`.
     """
-    norm = norm if norm is not None else hf_model.model.norm
+    norm = norm if norm is not None else submodule(hf_model, find_arch(hf_model).norm)
     head = head if head is not None else hf_model.get_output_embeddings()
     W = head.weight.double()                   # the head in float64: the reference is the exact value to match
     b = head.bias.double() if getattr(head, "bias", None) is not None else None

@@ -12,11 +12,11 @@ from .config import cache_dir, file_lock, hub_offline, read_data, show_path
 from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
-__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS', 'check_device',
-           'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'Model',
-           'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path', 'verify_prepared',
-           'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem', 'load_model', 'model_shape',
-           'describe_model', 'list_models']
+__all__ = ['ARCHS', 'SKIP_WHAT', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS',
+           'check_device', 'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule',
+           'weights_fingerprint', 'Model', 'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError',
+           'embedded_path', 'verify_prepared', 'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem',
+           'load_model', 'model_shape', 'describe_model', 'list_models']
 
 # %% ../nbs/06_models.ipynb #bec58ca9
 def check_device(device):
@@ -58,6 +58,10 @@ class Arch:
     head: str
     attn_tuple: bool = True
     mlp_tuple: bool = False
+    decoder: str = ""     # the decoder stack without the head; "" means the module that holds `blocks`
+
+    def __post_init__(self):
+        if not self.decoder: object.__setattr__(self, "decoder", self.blocks.rsplit(".", 1)[0])
 
     def attn_value(self, out):
         "What the attention sublayer adds to the residual stream, from its module's output (element 0 of a tuple)."
@@ -67,7 +71,8 @@ class Arch:
         "What the MLP sublayer adds to the residual stream, from its module's output."
         return out[0] if self.mlp_tuple else out
 
-_llama = dict(embed="model.embed_tokens", blocks="model.layers", attn="self_attn", mlp="mlp", norm="model.norm", head="lm_head")
+_llama = dict(embed="model.embed_tokens", blocks="model.layers", attn="self_attn", mlp="mlp", norm="model.norm", head="lm_head",
+              decoder="model")
 _postnorm = dict(_llama, attn="post_attention_layernorm", mlp="post_feedforward_layernorm", attn_tuple=False)
 
 ARCHS: dict[str, Arch] = {
@@ -79,7 +84,7 @@ ARCHS: dict[str, Arch] = {
     "gemma2":      Arch("Gemma2", **_postnorm),
     "gemma3_text": Arch("Gemma3", **_postnorm),
     "gpt2":        Arch("GPT-2", embed="transformer.wte", blocks="transformer.h", attn="attn", mlp="mlp",
-                        norm="transformer.ln_f", head="lm_head"),
+                        norm="transformer.ln_f", head="lm_head", decoder="transformer"),
 }
 "Architecture rows keyed by Hugging Face `config.model_type`."
 
@@ -156,6 +161,9 @@ def weights_fingerprint(hf_model, config=None, chunk: int = 1 << 22) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/06_models.ipynb #f321076b
+SKIP_WHAT = ("block", "attn", "mlp")
+"What `Model.skip` can skip: a whole block, or what its attention or its MLP adds to the residual stream."
+
 class Model:
     """A model ready for depth studies: an nnsight `LanguageModel` plus where its parts are.
 
@@ -219,6 +227,52 @@ class Model:
     def mlp_out(self, l: int):
         "Inside a trace: what block `l`'s MLP adds to the residual stream."
         return self.arch.mlp_value(self.mlps[l].output)
+
+    # -- the model's depth, stated once: h[0..L], the one intervention, the readout --
+    def resid(self, l: int):
+        """Inside a trace: `h[l]`, the residual stream ENTERING block `l` for l = 0..L-1, and `h[L]`, the stream after
+        the last block (the final norm's input). Read them in increasing `l` (nnsight's forward order).
+        Example: `with m.lm.trace(m.encode(["hi"])): hs = [m.resid(l).save() for l in range(m.n_layers + 1)]`."""
+        if not 0 <= l <= self.n_layers: raise IndexError(f"layer {l} out of range 0..{self.n_layers} (h[0..L])")
+        return self.blocks[l].input if l < self.n_layers else self.norm.input
+
+    def skip(self, l: int, mask, what: str = "block", h=None):
+        """Inside a trace, the one intervention on depth: at the positions where `mask` (bool, broadcastable to the
+        stream, e.g. [batch, pos, 1]) is set, skip block `l` (its output := its input `h[l]`; pass `h` if already
+        read) or zero what its attention (`what="attn"`) or MLP (`"mlp"`) adds. Call it after reading `h[l]` and
+        before `h[l+1]`; read what block `l`'s sublayers add before it (an MLP's addition after an attention skip).
+        Example: `m.skip(5, mask)` inside `m.lm.trace(...)`."""
+        if what not in SKIP_WHAT: raise ValueError(f"what must be one of {SKIP_WHAT}, got {what!r}")
+        if what == "block":
+            h = self.resid(l) if h is None else h
+            out = self.blocks[l].output
+            out.copy_(torch.where(mask.to(h.device), h, out))  # the mask goes where the model runs (here or on NDIF)
+        else:
+            x = self.attn_out(l) if what == "attn" else self.mlp_out(l)
+            x.masked_fill_(mask.to(x.device), 0.0)
+
+    def readout(self, h, final_norm: bool = True, traced: bool = False):
+        """The logit lens's decoding of residual states `h` [..., d]: `head(norm(h))` (`head(h)` with `final_norm=False`).
+        `traced=True` inside an active trace (nnsight module calls, so it also runs on NDIF); else on tensors with the
+        local modules. Example: `m.readout(acts.resid[0, :, 0]).argmax(-1)` -> the lens's top token at every layer."""
+        if traced: norm, head = self.norm, self.head
+        else:
+            norm, head = self.final_norm_module, self.head_module
+            h = h.to(self.device, self.hf.dtype)
+        return head(norm(h)) if final_norm else head(h)
+
+    # -- the same parts as plain torch modules, for the direct engine and reference code (no trace) --
+    @property
+    def decoder_module(self): "The decoder stack without the head (embeddings, blocks, final norm)."; return submodule(self.hf, self.arch.decoder)
+    @property
+    def block_modules(self): "The blocks, as the module list."; return submodule(self.hf, self.arch.blocks)
+    def sublayer_module(self, l: int, what: str):
+        """Block `l`'s attention (`what="attn"`) or MLP (`"mlp"`) module: the one whose output is added to the stream."""
+        return submodule(self.block_modules[l], self.arch.attn if what == "attn" else self.arch.mlp)
+    @property
+    def final_norm_module(self): "The final norm."; return submodule(self.hf, self.arch.norm)
+    @property
+    def head_module(self): "The output head (unembedding)."; return submodule(self.hf, self.arch.head)
     @property
     def shape(self) -> dict:
         "name, n_layers, d_model, vocab_size and n_params: what a cost estimate needs to know of a model."

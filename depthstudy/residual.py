@@ -41,7 +41,7 @@ def _features_body(model: Model, batch: Batch) -> dict:
     "Inside a trace: the 8 per-token features of every block, [B, P, 8] per layer."
     feats = nnsight.save([])
     for l in range(model.n_layers):
-        h, a, mo = model.blocks[l].input.float(), model.attn_out(l).float(), model.mlp_out(l).float()
+        h, a, mo = model.resid(l).float(), model.attn_out(l).float(), model.mlp_out(l).float()
         ha, am = h + a, a + mo
         feats.append(torch.stack([h.norm(dim=-1), a.norm(dim=-1), mo.norm(dim=-1), ha.norm(dim=-1),
                                   am.norm(dim=-1), (a * h).sum(-1), (mo * ha).sum(-1), (am * h).sum(-1)], -1).cpu())
@@ -123,7 +123,7 @@ def contributions(model, texts=None, batch_size: int = 8, task: str | None = Non
 def _depth_lens_body(model: Model, batch: Batch) -> dict:
     "Inside a trace: per token and layer l = 0..L, KL(p_l || p_final) and top-k overlap, [B, P, 2] per layer."
     k = batch.spec["k"]
-    hs = [model.blocks[l].input for l in range(model.n_layers)] + [model.norm.input]
+    hs = [model.resid(l) for l in range(model.n_layers + 1)]
     fin = model.head.output.float()
     lpf, topf = fin.log_softmax(-1), fin.topk(k, dim=-1).indices
     out = nnsight.save([])

@@ -9,7 +9,7 @@ from scipy import stats
 import pandas as pd
 import torch
 import nnsight
-from .models import Model, encode, submodule
+from .models import Model, encode, SKIP_WHAT
 from .results import tidy, bootstrap_ci, ratio_ci, resample, percentile_ci, caveat
 from .items import Template
 from .tasks import corpus_texts
@@ -23,7 +23,7 @@ __all__ = ['MODES', 'VARIANTS', 'draw_ts', 'plan_skip', 'skip_raw', 'skip_effect
            'detectable_slope', 'depth_trend', 'depth_vs_hops']
 
 # %% ../nbs/13_skip.ipynb #70dc659c
-MODES = ("block", "attn", "mlp")
+MODES = SKIP_WHAT          # depthstudy.models: what Model.skip can skip
 VARIANTS = ("future", "current")
 
 def draw_ts(lengths, n_t: int = 4, seed: int = 0) -> list[list[int]]:
@@ -91,16 +91,9 @@ def _skip_body(model: Model, batch: Batch) -> dict:
     ref, masks, mode, L = sp["ref"], sp["masks"], sp["mode"], model.n_layers
     hs = []
     for l in range(L):
-        hin = model.blocks[l].input
-        hs.append(hin)
-        if l in masks:
-            mk = masks[l].to(hin.device)                    # the mask goes where the model runs (here or on NDIF)
-            if mode == "attn": model.attn_out(l).masked_fill_(mk, 0.0)
-            elif mode == "mlp": model.mlp_out(l).masked_fill_(mk, 0.0)
-            else:
-                bo = model.blocks[l].output
-                bo.copy_(torch.where(mk, hin, bo))
-    hs.append(model.norm.input)
+        hs.append(model.resid(l))
+        if l in masks: model.skip(l, masks[l], mode, h=hs[-1])
+    hs.append(model.resid(L))
     eff = nnsight.save([])
     rf = ref.to(hs[0].device)
     for l in range(L):
@@ -122,8 +115,7 @@ def _take(x, idx, B):
 def _clean_pass(model, enc):
     """One clean forward pass of the decoder stack with plain hooks: the block inputs `h[0..L-1]`, the final
     norm's input `h[L]`, and per block the (positional, keyword) arguments besides the hidden states."""
-    blocks = submodule(model.hf, model.arch.blocks)
-    base = submodule(model.hf, model.arch.blocks.rsplit(".", 1)[0])   # the decoder stack without the head
+    blocks, base = model.block_modules, model.decoder_module          # the decoder stack without the head
     L = model.n_layers
     hs, calls, hooks = [None] * (L + 1), [None] * L, []
     def pre(l):
@@ -133,7 +125,7 @@ def _clean_pass(model, enc):
             else: hs[l], calls[l] = kw.pop("hidden_states"), (False, (), kw)
         return f
     for l in range(L): hooks.append(blocks[l].register_forward_pre_hook(pre(l), with_kwargs=True))
-    hooks.append(submodule(model.hf, model.arch.norm).register_forward_pre_hook(
+    hooks.append(model.final_norm_module.register_forward_pre_hook(
         lambda mod, args: hs.__setitem__(L, args[0])))
     dev = model.device
     try:
@@ -150,8 +142,7 @@ def _skip_direct(model: Model, batch: Batch, head_rows: int = 4) -> dict:
     enc = batch.inputs
     B, P = enc["input_ids"].shape
     R, L, dev = len(rows), model.n_layers, model.device
-    blocks = submodule(model.hf, model.arch.blocks)
-    norm, head = submodule(model.hf, model.arch.norm), submodule(model.hf, model.arch.head)
+    blocks, norm, head = model.block_modules, model.final_norm_module, model.head_module
     eff, out_eff = torch.zeros(R, P, L), torch.zeros(R, P)
     skipped = [r for r, (i, s, t) in enumerate(rows) if s is not None]
     if not skipped: return dict(eff=list(eff.unbind(-1)), out=out_eff)
@@ -172,7 +163,7 @@ def _skip_direct(model: Model, batch: Batch, head_rows: int = 4) -> dict:
         mk = mk.to(dev)
         hook = None
         if new and mode in ("attn", "mlp"):
-            sub = submodule(blocks[j], model.arch.attn if mode == "attn" else model.arch.mlp)
+            sub = model.sublayer_module(j, mode)
             def zero(mod, inp, o, mk=mk):
                 return (o[0].masked_fill(mk, 0.0),) + tuple(o[1:]) if isinstance(o, tuple) else o.masked_fill(mk, 0.0)
             hook = sub.register_forward_hook(zero)

@@ -63,10 +63,10 @@ def _collect_body(model: Model, batch: Batch) -> dict:
     if rows is None: rows, cols = slice(None), slice(0, batch.inputs["input_ids"].shape[1])
     res, att, mlp = nnsight.save([]), nnsight.save([]), nnsight.save([])
     for l in range(model.n_layers):
-        if "resid" in sites: res.append(model.blocks[l].input[rows, cols].float().cpu())
+        if "resid" in sites: res.append(model.resid(l)[rows, cols].float().cpu())
         if "attn" in sites: att.append(model.attn_out(l)[rows, cols].float().cpu())
         if "mlp" in sites: mlp.append(model.mlp_out(l)[rows, cols].float().cpu())
-    if "resid" in sites: res.append(model.norm.input[rows, cols].float().cpu())
+    if "resid" in sites: res.append(model.resid(model.n_layers)[rows, cols].float().cpu())
     out = dict(resid=res, attn=att, mlp=mlp)
     if sp["logits"]: out["logits"] = model.head.output[rows, cols].float().cpu().save()
     return out
@@ -177,9 +177,6 @@ def collect(model: Model,                # the model (`depthstudy.models.load_mo
 def lens_logits(model: Model, h, final_norm: bool = True, traced: bool = False):
     """The logit lens: `head(norm(h))` for residual states `h` [..., d] (`head(h)` with `final_norm=False`).
     `traced=True` inside an active trace (nnsight module calls); else on tensors with the local modules.
-    Example: `lens_logits(m, acts.resid[0, :, 0]).argmax(-1)` -> the lens's top token at every layer."""
-    if traced: norm, head = model.norm, model.head
-    else:
-        norm, head = model.norm._module, model.head._module
-        h = h.to(model.device, model.hf.dtype)
-    return head(norm(h)) if final_norm else head(h)
+    Example: `lens_logits(m, acts.resid[0, :, 0]).argmax(-1)` -> the lens's top token at every layer.
+    The decoding itself is `Model.readout`, where the model's depth is stated once."""
+    return model.readout(h, final_norm=final_norm, traced=traced)

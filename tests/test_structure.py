@@ -77,3 +77,46 @@ def test_installed_package_imports_no_dev_only_dependency():
         text = f.read_text(encoding="utf-8")
         for dev in ("smalldocs", "nbdev", "fastcore", "selenium", "jupytext"):
             assert not re.search(rf"^\s*(from|import)\s+{dev}\b", text, re.M), f"{f.name} imports {dev}"
+
+
+# The model's depth is stated once, in depthstudy.models (issue 27): how h[0..L] is read, how a block or sublayer is
+# skipped, where the final norm and head are. Other modules go through Model's handles (resid, skip, readout and the
+# *_module properties), never through nnsight's private attributes, hard-coded module paths or config names.
+_DEPTH_LEAKS = {
+    r"\._module\b": "nnsight's private _module (use Model.hf or the Model.*_module handles)",
+    r"\.model\.(norm|layers|embed_tokens)\b|\blm_head\b|\btransformer\.(h|ln_f|wte)\b": "a hard-coded module path (use the Arch row)",
+    r"rsplit\(\"\.\"": "a module path computed by hand (use Model.decoder_module)",
+    r"\b(num_hidden_layers|n_layer|hidden_size|n_embd)\b": "a config name (use Model.n_layers / d_model)",
+    r"\.norm\.input\b|\.blocks\[[^\]]+\]\.input\b": "h[l] read by hand (use Model.resid(l))",
+    r"\.masked_fill_\(|\.copy_\(torch\.where": "a traced skip written by hand (use Model.skip)",
+}
+# The exercises' worked solutions (`*_solution`) teach the student to write the nnsight reads themselves: they may
+# spell them out, as the student will.
+def _code_outside_solutions(mod: str, text: str) -> str:
+    if mod != "exercises": return text
+    lines = text.splitlines()
+    for n in ast.parse(text).body:
+        if isinstance(n, ast.FunctionDef) and n.name.endswith("_solution"):
+            for i in range(n.lineno - 1, n.end_lineno): lines[i] = ""
+    return "\n".join(lines)
+
+
+def test_the_models_depth_is_stated_only_in_models():
+    found = []
+    for f in sorted(PKG.glob("*.py")):
+        if f.stem in ("models", "_modidx"): continue
+        text = _code_outside_solutions(f.stem, f.read_text(encoding="utf-8"))
+        for i, line in enumerate(text.splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for pat, what in _DEPTH_LEAKS.items():
+                if re.search(pat, code) and not code.lstrip().startswith(('"', "'")):
+                    found.append(f"{f.name}:{i}: {what}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)
+
+
+def test_the_checker_sees_a_depth_leak(tmp_path):
+    "The scan above is not vacuous: each pattern matches the line it is meant to catch."
+    leaks = ["norm = model.norm._module", "x = hf.model.norm(h)", "base = arch.blocks.rsplit(\".\", 1)[0]",
+             "L = cfg.num_hidden_layers", "h = m.blocks[l].input", "a.masked_fill_(mk, 0.0)"]
+    for line, (pat, _) in zip(leaks, _DEPTH_LEAKS.items()):
+        assert re.search(pat, line), (pat, line)
