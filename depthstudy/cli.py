@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, os, re, string, sys, warnings
 from pathlib import Path
+from .config import expand_path
 
 # %% auto #0
 __all__ = ['MODEL_COMMANDS', 'OUT_FORMATS', 'CLIParser', 'positive_int', 'decode_escapes', 'cmd_models', 'cmd_trace', 'cmd_cache',
@@ -365,12 +366,12 @@ def _inputs(args) -> list:
     task = getattr(args, "task", None) or ""
     if ":" in task: paths.append(task.split(":", 1)[1])
     paths += [getattr(args, k, None) for k in ("model", "source", "target")]
-    return [Path(p).expanduser() for p in paths if p and Path(p).expanduser().exists()]
+    return [expand_path(p) for p in paths if p and expand_path(p).exists()]
 
 def check_not_an_input(out, args):
     """Refuse an `--out` that would write over what the command reads (its data file, or a model's folder), or whose
     suffix names no format depthstudy writes. Example: `--data v.jsonl --out v.jsonl` raises `ValueError`."""
-    p = Path(out).expanduser()
+    p = expand_path(out)
     target = p.resolve()
     for src in _inputs(args):
         if target == src.resolve() or (p.exists() and os.path.samefile(p, src)):

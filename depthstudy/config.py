@@ -9,10 +9,21 @@ from importlib import resources
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CacheDirError', 'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir', 'show_path', 'hub_host',
-           'hub_offline', 'data_file', 'read_data']
+__all__ = ['expand_path', 'CacheDirError', 'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir', 'show_path',
+           'hub_host', 'hub_offline', 'data_file', 'read_data']
 
 # %% ../nbs/00_config.ipynb #60c39946
+def expand_path(p) -> Path:
+    """`p` as a `Path` with a leading `~` or `~user` expanded; a `~user` this machine does not know raises `ValueError`
+    saying so (pathlib would raise a bare RuntimeError). Example: `expand_path("~/x") == Path.home() / "x"`."""
+    s = os.fspath(p)
+    out = os.path.expanduser(s)
+    if s.startswith("~") and out == s:
+        user = s[1:].split(os.sep, 1)[0]
+        raise ValueError(f"the path {s} starts with ~{user}, but this machine has no user {user!r} (or no home folder): "
+                         "write the folder in full, or ~/... for your own home")
+    return Path(out)
+
 class CacheDirError(ValueError):
     "The cache folder cannot be used (it is a file, or cannot be written); the message says what to set."
 
@@ -22,7 +33,7 @@ def cache_dir(*parts: str, # sub-folders and file name inside the cache
 
     Raises `CacheDirError` when the cache folder, or a folder above it, is a file. Example: `cache_dir("models")`."""
     env = os.environ.get("DEPTHSTUDY_CACHE")
-    root = Path(env or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy").expanduser()
+    root = expand_path(env or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy")
     p = root
     while not p.exists() and p != p.parent: p = p.parent           # the nearest folder that exists
     if p.exists() and not p.is_dir():
@@ -62,7 +73,7 @@ def data_dir(data_dir=None, # a folder given by the caller ("" or None: not give
             ) -> Path | None:
     "The data folder: `data_dir` if given, else `$DEPTHSTUDY_DATA`, else None. Example: `data_dir('/data')`."
     d = data_dir or os.environ.get("DEPTHSTUDY_DATA")
-    return Path(d).expanduser() if d else None
+    return expand_path(d) if d else None
 
 _SHOWN_VARS = ("DEPTHSTUDY_CACHE", "DEPTHSTUDY_ACTS", "DEPTHSTUDY_DATA", "XDG_CACHE_HOME")
 

@@ -83,6 +83,12 @@ def check_rules(name: str, value, rules) -> None:
     """Raise `ValueError` naming `name`, the rule and the value when `value` breaks one of `rules` (`parameter_rules`).
     Example: `check_rules("top_k", -1, [(">=", 1)])` raises 'top_k must be at least 1, got -1'."""
     def bad(what): return ValueError(f"{name} must {what}, got {value!r}")
+    try: _check_rules(bad, value, rules)
+    except TypeError:                                     # e.g. ["a"] where numbers are compared
+        said = "; ".join(f"{op} {arg}" for op, arg in rules)
+        raise ValueError(f"{name} got {value!r}, whose entries do not fit its rules ({said})") from None
+
+def _check_rules(bad, value, rules):
     for op, arg in rules:
         if op in _CMP and not _CMP[op](value, arg): raise bad(f"be {_WORDS[op]} {arg}")
         if op.startswith("len ") and not _CMP[op[4:]](len(value), arg):
@@ -178,7 +184,7 @@ def coerce_parameter(name: str, value, default):
         raise bad()
     if isinstance(value, str):
         try: value = _parse_literal(value)
-        except (ValueError, SyntaxError): raise bad() from None
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError): raise bad() from None   # {[]: 1}, [[[...]]]
     if kind in (list, tuple) and isinstance(value, (list, tuple)): return kind(value)
     if isinstance(value, kind): return value
     raise bad()
@@ -246,7 +252,7 @@ def scan_for_secrets(folder, names=SECRET_VARS) -> list[Path]:
     """Files under `folder` that contain the value of any environment variable in `names` in any of its forms
     (`depthstudy.ndif.secret_forms`: stripped of line endings and quotes, JSON- and URL-escaped; a value of fewer than
     8 characters is no secret). Binary files (PNG) are read as bytes too. Example: `scan_for_secrets("runs")` -> `[]`."""
-    secrets = [s.encode() for s in secret_values(names)]
+    secrets = [s.encode("utf-8", "surrogateescape") for s in secret_values(names)]
     if not secrets: return []
     return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and any(s in p.read_bytes() for s in secrets)]
 

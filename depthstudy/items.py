@@ -74,13 +74,15 @@ def _format_fields(s: str, what: str) -> list:
     except ValueError as e:
         raise ValueError(f"Template {what} {s!r} is not a valid format string ({e}): write {{{{ or }}}} for a literal brace") from None
     names = []
-    for _, name, spec, _ in parts:
+    for _, name, spec, conv in parts:
         if name is None: continue
         if not name.isidentifier():
             raise ValueError(f"Template {what} {s!r} has the field {{{name}}}: use named fields such as {{question}} "
                              "(write {{ or }} for a literal brace)")
-        if spec and ("{" in spec or "}" in spec):
-            raise ValueError(f"Template {what} {s!r}: nested fields such as {{{name}:{spec}}} are not supported")
+        if spec or conv:                                # a prompt needs no width or conversion; :>9999999999 builds GBs
+            raise ValueError(f"Template {what} {s!r} gives the field {{{name}}} a format spec or conversion "
+                             f"({('!' + conv) if conv else ''}{(':' + spec) if spec else ''}), which a prompt does not "
+                             f"need: write the field alone, e.g. {{{name}}}")
         names.append(name)
     return names
 

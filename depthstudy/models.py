@@ -8,7 +8,7 @@ import functools, hashlib, importlib, importlib.util, json, os, shutil, sys, tem
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .config import cache_dir, file_lock, hub_offline, read_data, show_path
+from .config import cache_dir, expand_path, file_lock, hub_offline, read_data, show_path
 from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
@@ -592,7 +592,7 @@ def load_model(name: str = DEFAULT_MODEL, # an embedded model (see `EMBEDDED`), 
         preflight(name, revision or "main")  # reachable, hosted, compatible: else a clear error before any work
         m = Model(lm, find_arch(lm.config), name, f"ndif:{name}@{revision or 'main'}", remote=True, source="ndif")
         return m
-    local = Path(name).expanduser()
+    local = expand_path(name)
     if name in EMBEDDED:
         path, source = prepare_embedded(name, progress=progress), "embedded"
     elif local.is_dir():

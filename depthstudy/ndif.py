@@ -36,7 +36,7 @@ def secret_forms(value, min_len: int = 8) -> list[str]:
     flag ordinary text. Example: `secret_forms("abcd-1234\r")` -> ['abcd-1234']."""
     core = key_core(value)
     if len(core) < min_len: return []
-    forms = [core, json.dumps(core)[1:-1], repr(core)[1:-1], urllib.parse.quote(core, safe="")]
+    forms = [core, json.dumps(core)[1:-1], repr(core)[1:-1], urllib.parse.quote(core, safe="", errors="surrogateescape")]
     return list(dict.fromkeys(forms))
 
 def _config_key() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats, special, optimize
-from .config import read_data
+from .config import expand_path, read_data
 
 # %% auto #0
 __all__ = ['COLUMNS', 'MIN_SIZE', 'METRIC_RANGE', 'GROUP_KEYS', 'tidy', 'caveat', 'merge_caveats', 'resample', 'percentile_ci',
@@ -404,7 +404,7 @@ def check_output_folder(path, what: str = "output folder") -> Path:
     `path` must not be a file or lie under one, and the nearest of its folders that exists must accept a new file:
     this is tested by creating and removing a probe file there (nothing else is created). `what` names the path in
     the `OutputPathError` message. Example: `check_output_folder("runs", "--out")` -> `Path('runs')`."""
-    p = Path(path).expanduser()
+    p = expand_path(path)
     why = _folder_problem(p)
     if why: raise OutputPathError(f"cannot write to {what} {p}: {why}; choose a folder you can write to (it is created if missing)")
     return p
@@ -417,7 +417,7 @@ def check_results_path(path, what: str = "results file") -> Path:
     Example: `check_results_path("runs/mc.csv")` -> `Path('runs/mc.csv')`."""
     if path is None or not str(path).strip():
         raise OutputPathError(f"the {what} path is empty: give a file name such as results.csv")
-    p = Path(path).expanduser()
+    p = expand_path(path)
     if p.is_dir(): raise OutputPathError(f"{what} {p} is a folder: give a file path in it, such as {p / 'results.csv'}")
     why = _folder_problem(p.parent)
     if why: raise OutputPathError(f"cannot write {what} {p}: {why}; choose a path in a folder you can write to")

@@ -8,7 +8,7 @@ import hashlib, json, os, re, warnings
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
-from .config import cache_dir
+from .config import cache_dir, expand_path
 
 # %% auto #0
 __all__ = ['FORMAT', 'MARKER', 'StoreError', 'ActivationCache']
@@ -41,7 +41,7 @@ class ActivationCache:
     """
     def __init__(self, root=None):
         env = os.environ.get("DEPTHSTUDY_ACTS")
-        self.root = Path(root) if root is not None else (Path(env).expanduser() if env else cache_dir("acts"))
+        self.root = Path(root) if root is not None else (expand_path(env) if env else cache_dir("acts"))
         self.hits = self.misses = 0
 
     def key(self, *parts, **fields) -> str:

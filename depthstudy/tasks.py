@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
-from .config import cache_dir, data_dir, env_flag, hub_offline, read_data, show_path
+from .config import cache_dir, data_dir, env_flag, expand_path, hub_offline, read_data, show_path
 from .items import MCItem, Template
 
 # %% auto #0
@@ -218,7 +218,7 @@ def _locate(rel: str, data_dir_=None):
     $DEPTHSTUDY_DATA, then the hub (cache, else a download where possible). Each place is (where, note)."""
     looked = []
     given = data_dir_ is not None and str(data_dir_) != ""
-    d, label = (Path(data_dir_).expanduser(), "data_dir") if given else (data_dir(), "DEPTHSTUDY_DATA")
+    d, label = (expand_path(data_dir_), "data_dir") if given else (data_dir(), "DEPTHSTUDY_DATA")
     if d is None: looked.append(("no data folder", "data_dir not given and DEPTHSTUDY_DATA not set"))
     else:
         cands = list(dict.fromkeys([d / rel, d / Path(rel).name]))
@@ -265,11 +265,11 @@ def data_source(rel: str, data_dir=None, path=None) -> str:
     "data_dir", "DEPTHSTUDY_DATA", "hub cache: <repo>" or "missing". It looks exactly as
     the loaders do (so it may fetch the file from the hub once).
     Example: `data_source("gsm8k/test.jsonl")` -> 'DEPTHSTUDY_DATA'."""
-    if path is not None: return "path given" if Path(path).expanduser().is_file() else "missing (path given does not exist)"
+    if path is not None: return "path given" if expand_path(path).is_file() else "missing (path given does not exist)"
     return _locate(rel, data_dir)[1]
 
 def _check_file(path, what) -> Path:
-    p = Path(path).expanduser()
+    p = expand_path(path)
     if not p.is_file():
         raise TaskDataMissing(f"{what} file not found: {p}. Pass the path of an existing file, or set DEPTHSTUDY_DATA and use load_task().")
     return p
@@ -304,6 +304,11 @@ def _looks_like(text: str) -> str:
 def _wrong_format(p, expects: str, text: str):
     return TaskDataError(f"{p}: {expects}, but this file looks like {_looks_like(text)}; check the path (see TASKS for each task's file)")
 
+def _unreadable(e) -> str:
+    "Why valid-looking JSON could not be read, in words: nested too deep, or a number too long for Python."
+    if isinstance(e, RecursionError): return "JSON nested too deeply to read (a corrupt or hostile file?)"
+    return f"JSON that cannot be read ({str(e).split(chr(10))[0][:120]})"
+
 def _read_jsonl(path, required=(), what="this loader") -> list:
     "[(line_no, dict)] of a JSON-lines file; blank lines skipped; a wrong format or malformed lines raise TaskDataError."
     text = _read_text(path)
@@ -314,6 +319,7 @@ def _read_jsonl(path, required=(), what="this loader") -> list:
         if not line.strip(): continue
         try: row = json.loads(line)
         except json.JSONDecodeError as e: raise _bad(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        except (RecursionError, ValueError) as e: raise _bad(path, i, _unreadable(e)) from None   # nested too deep, huge number
         if not isinstance(row, dict): raise _bad(path, i, f"expected a JSON object, got {type(row).__name__}")
         miss = [k for k in required if k not in row]
         if miss: raise _bad(path, i, f"missing field {miss[0]!r} (need {', '.join(required)})")
@@ -363,7 +369,7 @@ def xmps_cal(path, lang: str, flatten: bool = True, drop_degenerate: bool = Fals
     its `seed000/`). Example: `xmps_cal(DATA, "es")`."""
     name = XMPS_LANGS.get(str(lang).lower(), str(lang).capitalize())
     if name not in XMPS_LANGS.values(): raise ValueError(f"lang must be one of {sorted(XMPS_LANGS)} or {sorted(XMPS_LANGS.values())}, got {lang!r}")
-    p = Path(path).expanduser()
+    p = expand_path(path)
     if p.is_dir():
         cands = [p / f"gsm8k_cal_mc_{name}.json", p / "seed000" / f"gsm8k_cal_mc_{name}.json"]
         p = next((c for c in cands if c.is_file()), cands[0])
@@ -497,6 +503,7 @@ def _read_json_list(p, required, what="this loader"):
         raise _wrong_format(p, f"{what} expects a JSON list of records with {', '.join(required)}", text)
     try: data = json.loads(text)
     except json.JSONDecodeError as e: raise _bad(p, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError) as e: raise TaskDataError(f"{p}: {_unreadable(e)}") from None
     if not isinstance(data, list): raise TaskDataError(f"{p}: expected a JSON list of records, got {type(data).__name__}")
     for k, r in enumerate(data):
         if not isinstance(r, dict): raise TaskDataError(f"{p}: record {k} (0-based) is not an object")
@@ -927,7 +934,7 @@ def corpus_texts(n: int | None = 20, data_dir=None, path=None, seed: int = 0) ->
     Example: `texts, source = corpus_texts(20)`; `print(source)` -> 'GSM8K test set (DEPTHSTUDY_DATA)'."""
     n = _check_n(n)
     if path is not None:
-        if Path(path).expanduser().is_file(): return Corpus.of(gsm8k_texts(path, n=n), "GSM8K test set (path given)", n)
+        if expand_path(path).is_file(): return Corpus.of(gsm8k_texts(path, n=n), "GSM8K test set (path given)", n)
         why = "the path given is not a file"
     else:
         p, src, looked = _locate("gsm8k/test.jsonl", data_dir)
@@ -977,12 +984,13 @@ def _boxed(s: str):
 def math_dataset(path, n: int | None = None, seed: int = 0, n_distractors: int = 4) -> list:
     """MATH problems (JSON lines, or a folder of one-problem .json files) with `meta['hops']` = level 1-5.
     Example: `math_dataset("math_test.jsonl", n=100)`."""
-    p = Path(path).expanduser()
+    p = expand_path(path)
     if p.is_dir():
         rows = []
         for f in sorted(p.rglob("*.json")):
             try: r = json.loads(_read_text(f))
             except json.JSONDecodeError as e: raise _bad(f, e.lineno, f"invalid JSON ({e.msg})") from None
+            except (RecursionError, ValueError) as e: raise TaskDataError(f"{f}: {_unreadable(e)}") from None
             rows.append((f, 1, r))
     else:
         p = _check_file(p, "MATH")
