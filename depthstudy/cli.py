@@ -89,7 +89,7 @@ def cmd_cache(args):
     "Show or clear the activation cache."
     from depthstudy.store import ActivationCache
     from depthstudy.config import cache_dir
-    from depthstudy.models import verify_prepared
+    from depthstudy.models import EMBEDDED, MANIFEST, verify_prepared
     c = ActivationCache()
     if args.action == "info":
         i = c.info()
@@ -97,6 +97,7 @@ def cmd_cache(args):
         models = []                                            # prepared copies only: no lock files, no unfinished builds
         for p in sorted(folder.iterdir()) if folder.is_dir() else []:
             if p.name.startswith(".") or not p.is_dir(): continue
+            if p.name not in EMBEDDED and not (p / MANIFEST).exists(): continue   # a leftover, not a model copy
             why = verify_prepared(p)
             models.append(p.name if why is None else f"{p.name} (damaged, rebuilt on next use: {why})")
         print(f"cache directory: {cache_dir()}  (set DEPTHSTUDY_CACHE to move it)")
@@ -224,6 +225,9 @@ def cmd_mc(args):
     if not items: raise ValueError(f"task {args.task!r} gave no items")
     template = mc_template(args.template, items, args.keep_header) if args.template is not None else None
     m = _load(args)
+    if args.n and len(items) < args.n:                        # a short file or a small generator: say so, then go on
+        print(f"depthstudy mc: note: task {args.task!r} has {len(items)} items, fewer than the {args.n} asked for; "
+              "all of them are used", file=sys.stderr)
     if args.mode == "lens":
         from depthstudy.lens import lens_mc
         df = lens_mc(m, items, template, faithful=args.faithful, length_norm=args.length_norm)
@@ -346,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="run the lessons on this model instead of their defaults")
     s.add_argument("--remote", action="store_true", help="run the lessons on NDIF (needs NDIF_API_KEY and --model hosted there)")
     s.add_argument("--out", default="runs", help="folder for the executed lessons (default: %(default)s)")
-    s.add_argument("--lessons", nargs="*", default=None, help="only these lessons (default: all)")
+    s.add_argument("--lessons", nargs="+", default=None, help="only these lessons (default: all)")
     s.add_argument("--force", action="store_true", help="re-run lessons that are current")
     s.set_defaults(func=cmd_reproduce)
     s = sub.add_parser("doctor", help="check this set-up: versions, devices, cache, NDIF key and reachability")
@@ -380,6 +384,21 @@ def check_not_an_input(out, args):
     if p.suffix.lower() not in OUT_FORMATS:
         raise ValueError(f"--out {out}: the suffix decides the format and depthstudy writes {' or '.join(OUT_FORMATS)}; "
                          f"name the file e.g. {p.with_suffix('.csv').name}")
+    if p.is_file() and not _is_results_table(p):             # a data set found through DEPTHSTUDY_DATA, a user's file
+        raise ValueError(f"--out {out} exists and is not a depthstudy results table, so it is not overwritten: choose "
+                         "a new file name (depthstudy replaces only tables it wrote)")
+
+def _is_results_table(p: Path) -> bool:
+    "Whether file `p` is a results table depthstudy wrote: its columns start with the schema's (`COLUMNS`)."
+    from depthstudy.results import COLUMNS
+    try:
+        if p.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+            cols = pq.read_schema(p).names
+        else:
+            with open(p, encoding="utf-8") as f: cols = f.readline().strip().split(",")
+    except Exception: return False                            # unreadable: not ours
+    return cols[:len(COLUMNS)] == list(COLUMNS)
 
 def check_args(args):
     """Check everything in `args` that can be checked before a model loads; raises the error the command would
@@ -408,6 +427,14 @@ def check_args(args):
         check_remote([args.model], "--remote", "--model")
     if cmd == "mc" and args.faithful and args.mode == "probe":
         raise ValueError("--faithful is a logit-lens option; probes read the residual stream as it is: drop --faithful or use --mode lens")
+    if cmd == "mc" and args.keep_header and args.template is None:
+        raise ValueError("--keep-header keeps the task's few-shot header in front of --template; without --template the "
+                         "task's own template (header included) is used: drop --keep-header or give --template")
+    if cmd == "mc" and args.length_norm and args.mode == "probe":
+        raise ValueError("--length-norm averages the answer tokens' log-probs of the logit lens; probes read one state "
+                         "per choice: drop --length-norm or use --mode lens")
+    if cmd == "mc" and args.data and ":" in args.task:
+        raise ValueError(f"--task {args.task} already names its file; --data is for the named tasks' data files: drop --data")
     if cmd == "mc" and args.answer_only:
         if args.mode != "probe": raise ValueError("--answer-only is the probes' surface-baseline control: use it with --mode probe")
         if args.template is not None: raise ValueError("--answer-only reads the answer text without any prompt: drop --template")

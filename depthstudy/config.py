@@ -9,10 +9,15 @@ from importlib import resources
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['expand_path', 'CacheDirError', 'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir', 'show_path',
-           'hub_host', 'hub_offline', 'data_file', 'read_data']
+__all__ = ['env_path', 'expand_path', 'CacheDirError', 'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir',
+           'show_path', 'hub_host', 'hub_offline', 'data_file', 'read_data']
 
 # %% ../nbs/00_config.ipynb #60c39946
+def env_path(name: str) -> str | None:
+    "The path in environment variable `name`; None when unset or blank (a stray space names no folder). Example: `env_path(\"HOME\")`."
+    v = os.environ.get(name)
+    return v if v and v.strip() else None
+
 def expand_path(p) -> Path:
     """`p` as a `Path` with a leading `~` or `~user` expanded; a `~user` this machine does not know raises `ValueError`
     saying so (pathlib would raise a bare RuntimeError). Example: `expand_path("~/x") == Path.home() / "x"`."""
@@ -32,8 +37,8 @@ def cache_dir(*parts: str, # sub-folders and file name inside the cache
     """The depthstudy cache directory (`$DEPTHSTUDY_CACHE`, else `$XDG_CACHE_HOME/depthstudy`), joined with `parts`.
 
     Raises `CacheDirError` when the cache folder, or a folder above it, is a file. Example: `cache_dir("models")`."""
-    env = os.environ.get("DEPTHSTUDY_CACHE")
-    root = expand_path(env or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy")
+    env = env_path("DEPTHSTUDY_CACHE")
+    root = expand_path(env or Path(env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthstudy")
     p = root
     while not p.exists() and p != p.parent: p = p.parent           # the nearest folder that exists
     if p.exists() and not p.is_dir():
@@ -72,7 +77,7 @@ def env_flag(name: str) -> bool:
 def data_dir(data_dir=None, # a folder given by the caller ("" or None: not given)
             ) -> Path | None:
     "The data folder: `data_dir` if given, else `$DEPTHSTUDY_DATA`, else None. Example: `data_dir('/data')`."
-    d = data_dir or os.environ.get("DEPTHSTUDY_DATA")
+    d = data_dir or env_path("DEPTHSTUDY_DATA")
     return expand_path(d) if d else None
 
 _SHOWN_VARS = ("DEPTHSTUDY_CACHE", "DEPTHSTUDY_ACTS", "DEPTHSTUDY_DATA", "XDG_CACHE_HOME")

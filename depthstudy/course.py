@@ -6,6 +6,7 @@
 from __future__ import annotations
 import ast, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+from .config import expand_path
 from .ndif import SECRET_VARS, secret_values
 
 # %% auto #0
@@ -47,13 +48,15 @@ def _parameters_cell(nb: dict):
                  and "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
 
 _BOUND = {"at least": ">=", "at most": "<=", "above": ">", "below": "<"}
-_RULE = re.compile(r"(each )?(at least|at most|above|below) (-?[\d.]+(?:e-?\d+)?)( entry| entries)?|(each )?one of (.+)|non-empty")
+_RULE = re.compile(r"(each )?(at least|at most|above|below) (-?[\d.]+(?:e-?\d+)?)( entry| entries)?|(each )?one of (.+)|(each )?non-empty"
+                   r"|empty or a folder")
 
 def parameter_rules(help: str) -> list:
     """The range rules at the end of a parameter's comment, in parentheses, clauses separated by `;`: `at least 1`,
     `at most 50`, `above 0`, `below 1` (bounds); `at least 1 entry` (a list's length); `each at least 1` (every
     element); `one of a, b` / `each one of a, b` (allowed values, read as Python literals where they parse, else as
-    words); `non-empty` (a string with text). Words, not `>=`: papermill reads a line with a second `=` as no
+    words); `non-empty` / `each non-empty` (text, not blanks); `empty or a folder` (a path parameter, checked
+    before the kernel starts, so a typo does not quietly drop data). Words, not `>=`: papermill reads a line with a second `=` as no
     parameter. A parenthesis not made only of such clauses is prose: no rules. Returns `[(op, arg), ...]`.
     Example: `parameter_rules("tokens per layer (at least 1; at most 50)")` -> `[('>=', 1), ('<=', 50)]`."""
     m = re.search(r"\(([^()]*)\)\s*$", help)
@@ -73,7 +76,8 @@ def parameter_rules(help: str) -> list:
                 try: vals.append(ast.literal_eval(w))
                 except (ValueError, SyntaxError): vals.append(w)
             rules.append(("each one of" if r.group(5) else "one of", vals))
-        else: rules.append(("non-empty", None))
+        elif clause == "empty or a folder": rules.append(("folder", None))
+        else: rules.append(("each non-empty" if r.group(7) else "non-empty", None))
     return rules
 
 _CMP = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
@@ -101,6 +105,9 @@ def _check_rules(bad, value, rules):
             off = [v for v in value if v not in arg]
             if off: raise bad(f"hold only {', '.join(map(repr, arg))} ({off[0]!r} is none of them)")
         if op == "non-empty" and not str(value).strip(): raise bad("not be empty")
+        if op == "each non-empty" and any(not str(v).strip() for v in value): raise bad("hold no empty entry")
+        if op == "folder" and str(value).strip() and not expand_path(value).is_dir():
+            raise bad("be \"\" (the default) or a folder that exists")
 
 def lesson_parameters(path) -> dict:
     """The parameters of a lesson notebook, read from its cell tagged `parameters` (never run):
@@ -301,9 +308,52 @@ def _relative_paths(nb_out: Path, src: Path):
     pm_meta = nb.get("metadata", {}).get("papermill")
     if not pm_meta: return
     pm_meta.update(input_path=f"lessons/{src.name}", output_path=nb_out.name)
+    here = [(str(nb_out.parent), "."), (sys.prefix, "$VIRTUAL_ENV"), (str(Path.home()), "~")]  # in warnings a lesson printed
+    for c in nb.get("cells", []):
+        for o in c.get("outputs", []):
+            for k in ("text",):
+                if k in o: o[k] = _replace_paths(o[k], here)
+            for k, v in (o.get("data") or {}).items():
+                if k.startswith("text/"): o["data"][k] = _replace_paths(v, here)
     tmp = nb_out.with_name(f".{nb_out.name}.tmp")
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, nb_out)
+
+def _replace_paths(text, pairs):
+    "`text` (a string or nbformat's list of lines) with each folder of `pairs` (longest first) written as its label."
+    lines = text if isinstance(text, list) else [text]
+    out = []
+    for s in lines:
+        for path, label in sorted(pairs, key=lambda p: -len(p[0])):
+            if path and path not in ("/", "~"): s = re.sub(re.escape(path) + r"(?=[/\\\s'\":,)]|$)", label, s)
+        out.append(s)
+    return out if isinstance(text, list) else out[0]
+
+_PATH_PARAMS = ("model", "models", "data", "data_dir", "map_source", "map_target", "ladder")
+"Lesson parameters that may name a file or folder: relative ones are rewritten for the kernel, which runs elsewhere."
+
+def _relative_to(dest: Path, value):
+    "A relative path that exists from here, rewritten relative to `dest` (the kernel's folder); anything else as it is."
+    if isinstance(value, (list, tuple)): return type(value)(_relative_to(dest, v) for v in value)
+    if not isinstance(value, str) or not value.strip() or os.path.isabs(value) or value.startswith("~"): return value
+    if not Path(value).exists(): return value
+    return os.path.relpath(os.path.abspath(value), dest)        # symlinks kept: the name the user gave
+
+_ENV_PATHS = ("DEPTHSTUDY_CACHE", "DEPTHSTUDY_ACTS", "DEPTHSTUDY_DATA", "XDG_CACHE_HOME")
+
+class _absolute_env:
+    "While a kernel starts: the path variables that are relative made absolute, since the kernel runs in another folder."
+    def __enter__(self):
+        self.saved = {k: os.environ[k] for k in _ENV_PATHS if os.environ.get(k, "").strip() and not os.path.isabs(os.environ[k])
+                      and not os.environ[k].startswith("~")}
+        for k, v in self.saved.items(): os.environ[k] = os.path.abspath(v)
+    def __exit__(self, *a):
+        for k, v in self.saved.items(): os.environ[k] = v
+
+def _executed_by_run(p: Path) -> bool:
+    "Whether notebook `p` is an executed lesson that papermill wrote (its metadata says so): safe to replace."
+    try: return bool(json.loads(p.read_text(encoding="utf-8")).get("metadata", {}).get("papermill"))
+    except (OSError, ValueError, AttributeError): return False
 
 def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: str | None = None, progress: bool = True) -> Path:
     """Execute lesson `name` with papermill into `out_dir/<name>/`, with `params` overriding its `parameters` cell.
@@ -327,9 +377,13 @@ def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: st
     _check_kernel(kernel)
     check_output_folder(out_dir, "the lessons' output folder")
     dest = (Path(out_dir) / name).resolve()
-    dest.mkdir(parents=True, exist_ok=True)
     nb_out = dest / f"{name}.ipynb"
-    with tempfile.TemporaryFile() as log:                # the kernel's own output; deleted afterwards
+    if dest == src.parent.resolve() or (nb_out.exists() and (nb_out.resolve() == src.resolve() or not _executed_by_run(nb_out))):
+        raise ValueError(f"refusing to write lesson {name} to {nb_out}: that is the lesson's source or a notebook depthstudy "
+                         "run did not write; choose another output folder")
+    values = {k: _relative_to(dest, v) if k in _PATH_PARAMS else v for k, v in values.items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as log, _absolute_env():   # the kernel's own output; deleted afterwards
         try:
             pm.execute_notebook(str(src), str(nb_out), parameters=values, kernel_name=kernel, language="python",
                                 progress_bar=progress, cwd=str(dest), log_output=False,
@@ -369,14 +423,17 @@ def reproduce(model: str | None = None, remote: bool = False, out_dir="runs", le
     run resumes; activations come from the activation store, so a rerun is fast anyway.
     Returns `{lesson: "ran" | "skipped"}`. Example: `reproduce(lessons=["00_first_look"])`."""
     from depthstudy.results import check_output_folder
-    chosen = [find_lesson(n) for n in lessons] if lessons else [l["path"] for l in list_lessons()]
+    chosen = list(dict.fromkeys(find_lesson(n) for n in lessons)) if lessons else [l["path"] for l in list_lessons()]
     check_output_folder(out_dir, "the lessons' output folder")
     plan = []
     for src in chosen:                                  # check them all before the first one runs
         spec = lesson_parameters(src)
-        params = {k: v for k, v in (("model", model), ("remote", remote)) if k in spec and v is not None}
+        params = {k: v for k, v in (("model", model), ("models", [model] if model else None), ("remote", remote))
+                  if k in spec and v is not None}       # a lesson of several models runs the one named
         if "remote" in params and not remote: params.pop("remote")
-        values = _run_values(src, params)                 # exactly what run_lesson passes, so a current run is found
+        dest = (Path(out_dir) / src.stem).resolve()
+        values = {k: _relative_to(dest, v) if k in _PATH_PARAMS else v   # exactly what run_lesson passes, so a
+                  for k, v in _run_values(src, params).items()}           # current run is found
         plan.append((src, params, values))
     done = {}
     for src, params, values in plan:

@@ -25,7 +25,7 @@ def key_core(value) -> str:
     """A secret as a service reads it: surrounding whitespace and line endings (a key copied from a Windows `.env` file
     ends in `\r`) and matching quotes stripped. "" for a blank key, which is no key at all.
     Example: `key_core(' "abc-123"\r\n')` -> 'abc-123'."""
-    s = str(value or "").strip()
+    s = str(value or "").replace("\ufeff", "").strip()       # a byte-order mark from a file saved by a Windows editor
     while len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"": s = s[1:-1].strip()
     return s
 

@@ -404,6 +404,8 @@ def check_output_folder(path, what: str = "output folder") -> Path:
     `path` must not be a file or lie under one, and the nearest of its folders that exists must accept a new file:
     this is tested by creating and removing a probe file there (nothing else is created). `what` names the path in
     the `OutputPathError` message. Example: `check_output_folder("runs", "--out")` -> `Path('runs')`."""
+    if path is None or not str(path).strip():
+        raise OutputPathError(f"{what} is empty: give a folder, such as runs")
     p = expand_path(path)
     why = _folder_problem(p)
     if why: raise OutputPathError(f"cannot write to {what} {p}: {why}; choose a folder you can write to (it is created if missing)")
@@ -421,7 +423,7 @@ def check_results_path(path, what: str = "results file") -> Path:
     if p.is_dir(): raise OutputPathError(f"{what} {p} is a folder: give a file path in it, such as {p / 'results.csv'}")
     why = _folder_problem(p.parent)
     if why: raise OutputPathError(f"cannot write {what} {p}: {why}; choose a path in a folder you can write to")
-    if p.suffix == ".parquet" and not any(importlib.util.find_spec(m) for m in ("pyarrow", "fastparquet")):
+    if p.suffix.lower() == ".parquet" and not any(importlib.util.find_spec(m) for m in ("pyarrow", "fastparquet")):
         raise OutputPathError(f"{what} {p} needs a parquet engine: pip install pyarrow, or write a .csv file instead")
     return p
 
@@ -445,7 +447,7 @@ def save_results(df: pd.DataFrame, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if path.suffix == ".parquet": df.to_parquet(tmp, index=False)
+        if path.suffix.lower() == ".parquet": df.to_parquet(tmp, index=False)
         else: df.to_csv(tmp, index=False)
         os.replace(tmp, path)
     finally:
@@ -457,7 +459,7 @@ def load_results(path) -> pd.DataFrame:
     as text ("" for none; tables written before it existed get ""). Example: `load_results("runs/mc.csv")`."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no results file at {path}")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
     if "caveat" not in df.columns: df["caveat"] = ""          # written before tables had one
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing: raise ValueError(f"{path} is not a depthstudy results table: it lacks {missing}")

@@ -8,7 +8,7 @@ import hashlib, json, os, re, warnings
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
-from .config import cache_dir, expand_path
+from .config import cache_dir, env_path, expand_path
 
 # %% auto #0
 __all__ = ['FORMAT', 'MARKER', 'StoreError', 'ActivationCache']
@@ -40,7 +40,7 @@ class ActivationCache:
     folder of their own). Example: `c = ActivationCache(); k = c.key("fp", prompt="hi"); c.put(k, {"x": torch.ones(2)}); c.get(k)["x"]`.
     """
     def __init__(self, root=None):
-        env = os.environ.get("DEPTHSTUDY_ACTS")
+        env = env_path("DEPTHSTUDY_ACTS")
         self.root = Path(root) if root is not None else (expand_path(env) if env else cache_dir("acts"))
         self.hits = self.misses = 0
 

@@ -1027,6 +1027,9 @@ def generic(path, task: str | None = None) -> list:
     for i, r in _read_jsonl(p, ("question", "choices", "answer"), "generic"):
         ch, ans = r["choices"], r["answer"]
         if not isinstance(r["question"], str): raise _bad(p, i, "field 'question' must be a string")
+        if not r["question"].strip():
+            raise _bad(p, i, "field 'question' is empty: every such item would get the same prompt, which says nothing "
+                             "about the item; give each item its question")
         if not isinstance(ch, list) or not all(isinstance(c, str) for c in ch): raise _bad(p, i, "field 'choices' must be a list of strings")
         if len(ch) < 2: raise _bad(p, i, f"fewer than 2 choices ({len(ch)})")
         ans = [ans] if isinstance(ans, int) and not isinstance(ans, bool) else ans
@@ -1171,8 +1174,13 @@ def template_for(task: str) -> Template:
     return TEMPLATES[max(hits, key=lambda e: len(e["items"] or ""))["template"]] if hits else TEMPLATES["qa"]
 
 def item_template(item: MCItem, template: Template | None = None) -> Template:
-    "`template` if given, else the item's default (`template_for(item.task)`): the one place that falls back."
-    return template if template is not None else template_for(item.task)
+    """`template` if given, else the item's default (`template_for(item.task)`): the one place that falls back. A string
+    is taken as the template's `fmt` and checked as `Template` checks it (an empty one is refused with its message)."""
+    if template is None: return template_for(item.task)
+    if isinstance(template, str): return Template(fmt=template)
+    if not isinstance(template, Template):
+        raise TypeError(f"template must be a depthstudy Template (or its fmt as a string), got {type(template).__name__}")
+    return template
 
 def choice_texts(item: MCItem, template: Template | None = None) -> tuple[str, list[str]]:
     """The prompt of `item` and, per choice, the full text the model reads (prompt + continuation).

@@ -150,6 +150,21 @@ CASES = [
       r"parameter prompt holds the NDIF key", env={"NDIF_API_KEY": "'ndif-hostile-key-42'\n"}),
     C("run_blank_key_is_no_key", ["run", "00", "-p", "remote", "true", "-p", "model", "meta-llama/Llama-3.1-8B"],
       r"needs an API key, and none is set", env={"NDIF_API_KEY": "  \r\n"}, needs="no_key"),
+    # found by the hostile review of issue 28's fixes
+    C("mc_keep_header_without_template", ["mc", "--task", "facts", "--keep-header"], r"--keep-header keeps the task's few-shot header"),
+    C("mc_length_norm_with_probe", ["mc", "--task", "facts", "--mode", "probe", "--length-norm"], r"--length-norm averages"),
+    C("mc_data_with_generic_task", ["mc", "--task", "generic:<jsonl>", "--data", "<plain_file>"], r"already names its file; --data"),
+    C("out_is_a_users_file", ["mc", "--task", "facts", "--out", "<users_csv>"], r"exists and is not a depthstudy results table"),
+    C("generic_empty_question", ["mc", "--task", "generic:<empty_question>"], r"empty_question\.jsonl, line 1: field 'question' is empty"),
+    C("run_empty_out", ["run", "00", "--out", ""], r"the lessons' output folder is empty"),
+    C("run_blank_model_in_list", ["run", "01", "-p", "models", '[""]'], r"models must hold no empty entry"),
+    C("run_data_folder_typo", ["run", "01", "-p", "data", "<empty_dir>/typo"], r"data must be \"\" \(the default\) or a folder that exists"),
+    C("run_nested_parameter", ["run", "01", "-p", "models", "[" * 3000 + "]" * 3000], r"models expects list"),
+    C("run_n_shuffle_huge", ["run", "03", "-p", "n_shuffle", "100000000"], r"n_shuffle must be at most 100000"),
+    C("run_key_with_bom", ["run", "00", "-p", "prompt", "key ndif-hostile-key-42"], r"parameter prompt holds the NDIF key",
+      env={"NDIF_API_KEY": "\ufeffndif-hostile-key-42"}),
+    C("reproduce_lessons_without_names", ["reproduce", "--lessons"], r"argument --lessons: expected at least one argument"),
+    C("cache_under_unknown_user", ["cache", "info"], r"starts with ~nosuchuser0, but this machine has no user", env={"DEPTHSTUDY_CACHE": "~nosuchuser0/x"}),
     # after the model loads, still one line
     C("trace_prompt_too_long", ["trace", "--prompt", LONG_PROMPT], r"--prompt has \d+ tokens, more than smollm2-135m's context of 8192 tokens", early=False),
     C("lesson_fails_inside_papermill", ["run", "00_first_look", "-p", "model", "no-such-model", "--out", "<runs>"],
@@ -167,6 +182,7 @@ def files(tmp_path_factory):
     f = {"dir": d, "empty_dir": d / "empty", "full_dir": d / "full", "plain_file": d / "plain.txt", "runs": d / "runs"}
     f["empty_dir"].mkdir(); f["full_dir"].mkdir(); (f["full_dir"] / "notes.txt").write_text("my notes")
     f["plain_file"].write_text("not a folder\n")
+    f["users_csv"] = d / "mine.csv"; f["users_csv"].write_text("name,score\nanna,3\n")   # a table of the user's own
     good = '{"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0}\n'
     for name, text in (("latin1", good.encode() + '{"question": "café?", "choices": ["oui", "non"], "answer": 0}\n'.encode("latin-1")),
                        ("empty_choice", '{"question": "2 + 2 =", "choices": ["4", ""], "answer": 0}\n'),
@@ -174,6 +190,7 @@ def files(tmp_path_factory):
                        ("bad_json", good + '{"question": "3 + 3 =", "choices": ["6", "7"], "answer": 0\n'),
                        ("no_choices", '{"question": "2 + 2 =", "answer": 0}\n'),
                        ("jsonl", good),
+                       ("empty_question", '{"question": "  ", "choices": ["4", "5"], "answer": 0}\n'),
                        ("task_null", '{"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0, "task": null}\n'),
                        ("task_list", '{"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0, "task": ["x"]}\n')):
         p = d / f"{name}.jsonl"

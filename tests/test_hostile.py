@@ -115,3 +115,46 @@ def test_answer_only_control_runs_and_is_labelled(tmp_path):
     assert set(df["question"]) == {False} and "mc1_probe" in set(df["metric"])
     r = run("mc", "--task", "facts", "--n", "8", "--mode", "probe", "--out", tmp_path / "full.csv")
     assert r.returncode == 0 and set(pd.read_csv(tmp_path / "full.csv")["question"]) == {True}
+
+
+# Found by the hostile review of the fixes: an input found through DEPTHSTUDY_DATA, not named on the command line
+def test_out_never_overwrites_a_data_set_found_through_the_environment(tmp_path):
+    from depthstudy.tasks import sample_data
+    data = sample_data(tmp_path / "data")
+    target = next(data.rglob("TruthfulQA.csv"))
+    before = digest(data)
+    r = run("mc", "--task", "truthfulqa-mc1", "--n", "2", "--out", target, env={"DEPTHSTUDY_DATA": data})
+    one_error_line(r, "is not a depthstudy results table")
+    assert digest(data) == before
+
+
+def test_run_never_writes_over_a_lesson_source(tmp_path):
+    from depthstudy.course import find_lesson
+    src = find_lesson("00_first_look")
+    before = src.read_bytes()
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "00_first_look").symlink_to(src.parent)          # the output folder IS the lessons' folder
+    one_error_line(run("run", "00", "--out", tmp_path / "o"), "refusing to write lesson 00_first_look")
+    assert src.read_bytes() == before
+
+
+def test_python_api_refuses_an_empty_template_as_the_cli_does():
+    from depthstudy.tasks import load_task, item_template
+    it = load_task("facts", n=1)[0]
+    for t in ("", "   ", "Answer:"):
+        with pytest.raises(ValueError, match=r"a template must contain \{question\}"): item_template(it, t)
+    assert item_template(it, "Q: {question}\nA:").prompt(it).startswith("Q: ")
+    with pytest.raises(TypeError, match="must be a depthstudy Template"): item_template(it, 3)
+
+
+def test_run_with_a_relative_model_path_and_no_machine_path_in_the_run(tmp_path):
+    "A relative -p model is rewritten for the kernel (which runs in the output folder); the executed notebook then shows "
+    "neither the run folder nor the virtual environment."
+    from depthstudy.models import prepare_embedded
+    (tmp_path / "mymodel").symlink_to(prepare_embedded("smollm2-135m", progress=False))
+    r = run("run", "00", "-p", "model", "./mymodel", "-p", "top_k", "2", "--out", "runs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    nb = (tmp_path / "runs" / "00_first_look" / "00_first_look.ipynb").read_text()
+    assert "../../mymodel" in nb                                         # relative to the kernel's folder
+    for p in (str(tmp_path.resolve()), str(tmp_path), sys.prefix):
+        assert p not in nb, p
