@@ -3,7 +3,7 @@
 Run: `python bench/bench_lens.py [--tasks facts truthfulqa-mc1 calculation] [--n 10] [--repeats 3] [--ref-repeats 1]
 [--lens faithful|final_norm] [--batch-size 8]`.
 
-The plain implementation is `depthstudy.lens.mc_scores_reference`: the official code's way, one Hugging Face
+The plain implementation is `depthstudy.mc.mc_scores_reference`: the official code's way, one Hugging Face
 forward per (item, choice) with `output_hidden_states=True` and the output head over every position of every
 layer. Both run the same lens (`--lens`: the paper-faithful one by default) on the same items and prompts. Each
 side runs in its own process (so peak memory is its own), `--repeats` (`--ref-repeats` for the slow plain side)
@@ -27,7 +27,7 @@ def worker(args):
     import torch
     torch.set_num_threads(args.threads) if args.threads else None
     from depthstudy.models import load_model
-    from depthstudy.lens import mc_scores, mc_scores_reference
+    from depthstudy.mc import mc_scores, mc_scores_reference
     m = load_model(args.model)
     items = items_for(args.tasks, args.n, args.seed)
     faithful = args.lens == "faithful"

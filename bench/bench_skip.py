@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import nnsight
 from depthstudy.models import load_model
-from depthstudy.residual import gsm8k_texts
+from depthstudy.tasks import gsm8k_texts
 from depthstudy.skip import skip_raw, draw_ts
 
 

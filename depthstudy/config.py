@@ -9,8 +9,9 @@ from importlib import resources
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['env_path', 'expand_path', 'CacheDirError', 'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir',
-           'show_path', 'hub_host', 'hub_offline', 'data_file', 'read_data']
+__all__ = ['SITES', 'SKIP_WHAT', 'VARIANTS', 'LEVELS', 'READOUTS', 'PROBE_KINDS', 'env_path', 'expand_path', 'CacheDirError',
+           'cache_dir', 'check_cache_dir', 'file_lock', 'env_flag', 'data_dir', 'show_path', 'hub_host', 'hub_offline',
+           'data_file', 'read_data', 'one_of']
 
 # %% ../nbs/00_config.ipynb #60c39946
 def env_path(name: str) -> str | None:
@@ -145,3 +146,23 @@ def read_data(name: str): # a file in depthstudy/data/: .yaml, .json or .tsv
         if bad: raise ValueError(f"{p}: row {bad[0]} has a different number of tab-separated fields than the header")
         return [dict(zip(head, r)) for r in rows[1:]]
     raise ValueError(f"{p}: read_data reads .yaml, .json and .tsv files")
+
+# %% ../nbs/00_config.ipynb #e481952e
+SITES = ("resid", "attn", "mlp")
+"What can be read at a layer: the residual stream h[l], or what its attention or MLP adds."
+SKIP_WHAT = ("block", "attn", "mlp")
+"What can be skipped: a whole block, or what its attention or its MLP adds to the stream."
+VARIANTS = ("future", "current")
+"Where a skip is measured: on later tokens (the paper's future variant), or on the same ones."
+LEVELS = ("items", "relations", "analogies", "documents")
+"The stimulus levels of the functional hierarchy (study 3)."
+READOUTS = ("last", "mean")
+"How a stimulus is read: its last token, or the mean over its tokens."
+PROBE_KINDS = ("svm", "logreg", "ridge")
+"The linear decoders a probe can be."
+
+def one_of(name: str, value, choices):
+    "`value` if it is one of `choices`; else `ValueError` naming the argument and the choices."
+    if value not in choices: raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+

@@ -4,19 +4,19 @@
 
 # %% ../nbs/06_models.ipynb #d80f5f6a
 from __future__ import annotations
-import functools, hashlib, importlib, importlib.util, json, os, shutil, sys, tempfile, time, uuid, warnings
+import contextlib, functools, hashlib, importlib, importlib.util, json, os, shutil, sys, tempfile, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .config import cache_dir, expand_path, file_lock, hub_offline, read_data, show_path
+from .config import SKIP_WHAT, one_of, cache_dir, expand_path, file_lock, hub_offline, read_data, show_path
 from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
-__all__ = ['ARCHS', 'SKIP_WHAT', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS',
-           'check_device', 'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule',
-           'weights_fingerprint', 'Model', 'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError',
-           'embedded_path', 'verify_prepared', 'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem',
-           'load_model', 'model_shape', 'describe_model', 'list_models']
+__all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS', 'check_device',
+           'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'check_skip',
+           'skipped', 'Model', 'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path',
+           'verify_prepared', 'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem', 'load_model',
+           'model_shape', 'describe_model', 'list_models']
 
 # %% ../nbs/06_models.ipynb #bec58ca9
 def check_device(device):
@@ -160,10 +160,22 @@ def weights_fingerprint(hf_model, config=None, chunk: int = 1 << 22) -> str:
         h.update(uuid.uuid4().bytes)
     return h.hexdigest()[:16]
 
-# %% ../nbs/06_models.ipynb #f321076b
-SKIP_WHAT = ("block", "attn", "mlp")
-"What `Model.skip` can skip: a whole block, or what its attention or its MLP adds to the residual stream."
+# %% ../nbs/06_models.ipynb #a80a0da4
+def check_skip(what: str):
+    "Raise `ValueError` unless `what` is one of `SKIP_WHAT`."
+    one_of("what", what, SKIP_WHAT)
 
+def skipped(what: str,  # "block": the block's output; "attn" / "mlp": what that sublayer adds to the stream
+            mask,       # bool, broadcastable to `out` (e.g. [batch, pos, 1]): where to skip
+            h,          # the block's input h[l] (for "block"; None for a sublayer)
+            out):       # the block's output, or the sublayer's addition
+    """THE rule of skipping, the one both engines apply (`Model.skip` in a trace, `Model.skipping` on plain modules):
+    at the masked positions a skipped block passes its input on unchanged, a skipped sublayer adds nothing."""
+    check_skip(what)
+    return torch.where(mask, h, out) if what == "block" else out.masked_fill(mask, 0.0)
+
+
+# %% ../nbs/06_models.ipynb #f321076b
 class Model:
     """A model ready for depth studies: an nnsight `LanguageModel` plus where its parts are.
 
@@ -242,14 +254,29 @@ class Model:
         read) or zero what its attention (`what="attn"`) or MLP (`"mlp"`) adds. Call it after reading `h[l]` and
         before `h[l+1]`; read what block `l`'s sublayers add before it (an MLP's addition after an attention skip).
         Example: `m.skip(5, mask)` inside `m.lm.trace(...)`."""
-        if what not in SKIP_WHAT: raise ValueError(f"what must be one of {SKIP_WHAT}, got {what!r}")
+        check_skip(what)
         if what == "block":
             h = self.resid(l) if h is None else h
             out = self.blocks[l].output
-            out.copy_(torch.where(mask.to(h.device), h, out))  # the mask goes where the model runs (here or on NDIF)
-        else:
-            x = self.attn_out(l) if what == "attn" else self.mlp_out(l)
-            x.masked_fill_(mask.to(x.device), 0.0)
+        else: h, out = None, (self.attn_out(l) if what == "attn" else self.mlp_out(l))
+        out.copy_(skipped(what, mask.to(out.device), h, out))  # the mask goes where the model runs (here or on NDIF)
+
+    @contextlib.contextmanager
+    def skipping(self, l: int, mask, what: str = "block"):
+        """Outside a trace, the same intervention on the plain modules (the direct engine): while the context is
+        open, every forward of block `l` (`what="block"`) or of its attention or MLP module applies `skipped` at the
+        positions where `mask` is set, through a forward hook that is removed on exit.
+        Example: `with m.skipping(5, mask): y = m.block_modules[5](x, ...)`."""
+        check_skip(what)
+        mod = self.block_modules[l] if what == "block" else self.sublayer_module(l, what)
+        def hook(module, args, kwargs, out):
+            h = (args[0] if args else kwargs["hidden_states"]) if what == "block" else None
+            first = out[0] if isinstance(out, tuple) else out
+            new = skipped(what, mask.to(first.device), h, first)
+            return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+        handle = mod.register_forward_hook(hook, with_kwargs=True)
+        try: yield
+        finally: handle.remove()
 
     def readout(self, h, final_norm: bool = True, traced: bool = False):
         """The logit lens's decoding of residual states `h` [..., d]: `head(norm(h))` (`head(h)` with `final_norm=False`).

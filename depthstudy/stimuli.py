@@ -6,11 +6,11 @@
 from __future__ import annotations
 import math, random, itertools, re
 from dataclasses import dataclass, field
-from .config import read_data
+from .config import LEVELS, read_data
 
 # %% auto #0
-__all__ = ['NOUNS', 'RELATIONS', 'REL_LABELS', 'CONNECTIVES', 'LEVELS', 'CONTROL_LEVELS', 'Stimulus', 'article', 'one_pair',
-           'connectives', 'stimuli']
+__all__ = ['NOUNS', 'RELATIONS', 'REL_LABELS', 'CONNECTIVES', 'CONTROL_LEVELS', 'Stimulus', 'article', 'one_pair', 'connectives',
+           'stimuli']
 
 # %% ../nbs/04_stimuli.ipynb #208b211b
 @dataclass(frozen=True)
@@ -194,7 +194,6 @@ def _documents(seed=0, per_template=5):
     return out
 
 # %% ../nbs/04_stimuli.ipynb #d0b64507
-LEVELS = ("items", "relations", "analogies", "documents")
 CONTROL_LEVELS = ("analogies_balanced",)
 "Levels that control for a shortcut in one of `LEVELS` (`analogies_balanced`: validity not readable from one pair)."
 

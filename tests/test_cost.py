@@ -32,8 +32,9 @@ def _items():
 def test_estimate_cost_counts_the_requests_a_simulated_run_sends(backend_calls, tiny_llama, monkeypatch):
     """Every analysis, planned by `estimate_cost` from its own Work and run under remote="local" with the same request
     budget: the planned requests are the requests sent, and the payload is of the planned size."""
-    from depthstudy.lens import mc_scores
-    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.mc import mc_scores
+    from depthstudy.residual import contributions
+    from depthstudy.lens import logit_lens_depth
     from depthstudy.skip import skip_effects
     from depthstudy.hierarchy import hierarchy
     from depthstudy.probes import probe_mc

@@ -149,11 +149,12 @@ def test_every_analysis_on_the_embedded_model_under_remote_local(embedded, backe
     import numpy as np
     import pandas as pd
     from depthstudy.models import load_model
-    from depthstudy.lens import mc_scores
+    from depthstudy.mc import mc_scores
     from depthstudy.maps import linear_maps
     from depthstudy.probes import probe_mc
     from depthstudy.hierarchy import hierarchy
-    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.residual import contributions
+    from depthstudy.lens import logit_lens_depth
     from depthstudy.skip import skip_raw
     from depthstudy.tasks import load_task
     sim = load_model("smollm2-135m", remote="local", progress=False)
@@ -198,9 +199,10 @@ def _mc_items():
 
 def _analyses():
     "name -> (run(model, cache) -> numbers as a flat array, the model must be local)"
-    from depthstudy.lens import mc_scores
+    from depthstudy.mc import mc_scores
     from depthstudy.probes import probe_mc
-    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.residual import contributions
+    from depthstudy.lens import logit_lens_depth
     from depthstudy.skip import skip_raw, depth_vs_hops
     from depthstudy.maps import linear_maps
     from depthstudy.hierarchy import hierarchy

@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC
 from depthstudy.exercises import (ExerciseError, solutions, EXERCISES, solution_source, check_logit_lens, check_mc_score,
                                   check_skip_effect, check_depth_score, check_item_folds, check_probe_curve, fold_groups,
                                   planted_probe, item_scores, skip_tokens, stimulus_decoding, SKIP_TEXT)
-from depthstudy.lens import mc_scores
+from depthstudy.mc import mc_scores
 from depthstudy.probes import item_folds
 from depthstudy.skip import skip_raw, draw_ts
 from depthstudy.stimuli import stimuli

@@ -35,7 +35,7 @@ def test_ladder_rows_are_one_family_and_say_what_they_are():
 @pytest.mark.slow
 def test_lens_matches_the_reference_on_qwen():
     "The fast MC lens against one Hugging Face forward per choice, on the 0.5B ladder model (float64, every layer)."
-    from depthstudy.lens import mc_scores, mc_scores_reference
+    from depthstudy.mc import mc_scores, mc_scores_reference
     from depthstudy.items import Template
     from depthstudy.tasks import factual, calculation
     m = load_model("qwen2.5-coder-0.5b", dtype=torch.float64, progress=False)

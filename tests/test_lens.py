@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from depthstudy.lens import tokenize_mc, mc_scores, mc_scores_reference, mc_metrics, lens_mc
+from depthstudy.mc import tokenize_mc, mc_scores, mc_scores_reference, mc_metrics, lens_mc
 from depthstudy.models import tiny_model
 from depthstudy.items import MCItem, Template
 from depthstudy.tasks import calculation, factual, load_task

@@ -76,10 +76,11 @@ def test_fold_intervals_stay_within_range_on_random_data():
 def test_every_analysis_keeps_its_intervals_in_range(tiny_llama):
     "Each analysis of the library on a tiny random-init model, with the sizes a hurried user picks."
     from depthstudy.tasks import factual
-    from depthstudy.lens import lens_mc
+    from depthstudy.mc import lens_mc
     from depthstudy.probes import probe_mc
     from depthstudy.hierarchy import hierarchy, skill, level_curves, embedding_gain, alternation
-    from depthstudy.residual import contributions, logit_lens_depth
+    from depthstudy.residual import contributions
+    from depthstudy.lens import logit_lens_depth
     from depthstudy.maps import linear_maps
     from depthstudy.skip import skip_effects
     m = tiny_llama(n_layers=4, hidden=32)

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from depthstudy.residual import contributions, logit_lens_depth
+from depthstudy.residual import contributions
+from depthstudy.lens import logit_lens_depth
 from depthstudy.tasks import gsm8k_texts
 
 TEXTS = ["hello world, this is a test", "short one", "another longer text with several words in it", "x y"]

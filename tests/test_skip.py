@@ -215,7 +215,7 @@ def test_depth_vs_hops_groups_and_matches_depth_score(tiny):
 def test_depth_vs_hops_scores_only_the_items_the_model_solves(tiny):
     "Default (the paper's): each item is first answered by the model; accuracy per hop count; depth only for solved items."
     from depthstudy.skip import depth_vs_hops
-    from depthstudy.lens import mc_scores
+    from depthstudy.mc import mc_scores
     from depthstudy.tasks import Template
     items = hop_items()
     per = depth_vs_hops(tiny, items, n_t=2, per_item=True, cache=False, progress=False)

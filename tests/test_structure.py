@@ -88,7 +88,8 @@ _DEPTH_LEAKS = {
     r"rsplit\(\"\.\"": "a module path computed by hand (use Model.decoder_module)",
     r"\b(num_hidden_layers|n_layer|hidden_size|n_embd)\b": "a config name (use Model.n_layers / d_model)",
     r"\.norm\.input\b|\.blocks\[[^\]]+\]\.input\b": "h[l] read by hand (use Model.resid(l))",
-    r"\.masked_fill_\(|\.copy_\(torch\.where": "a traced skip written by hand (use Model.skip)",
+    r"\.masked_fill_?\(|\.copy_\(torch\.where|torch\.where\(\s*(mk|mask)\b": "a skip written by hand (use Model.skip or Model.skipping)",
+    r"register_forward_hook\(": "a forward hook that changes a module's output (skipping goes through Model.skipping)",
 }
 # The exercises' worked solutions (`*_solution`) teach the student to write the nnsight reads themselves: they may
 # spell them out, as the student will.
@@ -117,6 +118,23 @@ def test_the_models_depth_is_stated_only_in_models():
 def test_the_checker_sees_a_depth_leak(tmp_path):
     "The scan above is not vacuous: each pattern matches the line it is meant to catch."
     leaks = ["norm = model.norm._module", "x = hf.model.norm(h)", "base = arch.blocks.rsplit(\".\", 1)[0]",
-             "L = cfg.num_hidden_layers", "h = m.blocks[l].input", "a.masked_fill_(mk, 0.0)"]
+             "L = cfg.num_hidden_layers", "h = m.blocks[l].input", "a.masked_fill_(mk, 0.0)",
+             "sub.register_forward_hook(zero)"]
     for line, (pat, _) in zip(leaks, _DEPTH_LEAKS.items()):
         assert re.search(pat, line), (pat, line)
+
+
+def test_skipping_is_implemented_once():
+    """One rule of skipping (`models.skipped`), applied by the traced engine (`Model.skip`) and the direct engine
+    (`Model.skipping`), and by nothing else: the rule's two operations appear once each in the package, in `skipped`,
+    and the engines call it. The engines agree on every Arch row in tests/test_skip.py and in 06_models."""
+    text = (PKG / "models.py").read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    fns = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    rule = ast.get_source_segment(text, fns["skipped"])
+    for op in ("torch.where(", ".masked_fill"):                  # the other modules: test_the_models_depth_is_stated_only_in_models
+        assert rule.count(op) == 1, f"skipped() spells {op} once"
+        assert text.count(op) == 1, f"{op} appears {text.count(op)} times in models.py, once is in skipped()"
+    for engine in ("skip", "skipping"):
+        calls = {n.func.id for n in ast.walk(fns[engine]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "skipped" in calls, f"Model.{engine} applies the rule"
