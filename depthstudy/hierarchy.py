@@ -14,7 +14,8 @@ from .trace import collect, plan_collect
 from .probes import decode_layers
 
 # %% auto #0
-__all__ = ['skill', 'level_curves', 'alternation', 'readout_positions', 'plan_hierarchy', 'hierarchy', 'embedding_gain']
+__all__ = ['skill', 'level_curves', 'alternation', 'pool_readout', 'readout_positions', 'plan_hierarchy', 'hierarchy',
+           'embedding_gain']
 
 # %% ../nbs/16_hierarchy.ipynb #be7f7315
 _MAIN = ("auc", "accuracy", "r2")
@@ -122,6 +123,14 @@ def alternation(df_attn: pd.DataFrame, metric: str | None = None, n_shuffle: int
     return tidy(out)
 
 # %% ../nbs/16_hierarchy.ipynb #7052f8e2
+def pool_readout(acts, site: str, readout: str = "last"):
+    """One vector per stimulus and layer from `collect`ed `acts` at `readout_positions`: the last token's state, or
+    the mean over the stimulus's tokens (`readout="mean"`): [N, L+1 (or L for a sublayer), d]."""
+    A = getattr(acts, one_of("site", site, SITES))                 # [N, slots, P, d]
+    if one_of("readout", readout, READOUTS) == "last": return A[:, :, 0]
+    w = acts.mask[:, None, :, None].float()
+    return (A * w).sum(2) / w.sum(2)
+
 def readout_positions(tokenizer, prompts, readout: str = "last"):
     """Token positions to collect for a `readout`: "last" -> "last"; "mean" -> each prompt's non-special tokens.
     Example: `readout_positions(m.tokenizer, ["An apple"], "mean")` -> `[[1, 2]]` when a BOS comes first."""
@@ -184,12 +193,7 @@ def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: 
     prompts = [s.text for s in ss]
     pos = readout_positions(model.tokenizer, prompts, readout)
     acts = collect(model, prompts, sites=(site,), positions=pos, batch_size=batch_size, cache=cache, progress=progress)
-    A = getattr(acts, site)                                   # [N, slots, P, d]
-    if readout == "last": X = A[:, :, 0]
-    else:
-        w = acts.mask[:, None, :, None].float()
-        X = (A * w).sum(2) / w.sum(2)
-    X = X.float().numpy()
+    X = pool_readout(acts, site, readout).float().numpy()
     if ref_layer == "auto": ref_layer = 0 if site == "resid" else None
     return decode_layers(X, ys, [s.items for s in ss], kind=kind or "svm", cv=cv, seed=seed, n_perm=n_perm,
                          layers=layers, model=model, n_layers=model.n_layers, progress=progress, control=control,

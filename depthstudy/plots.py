@@ -673,7 +673,7 @@ def _short(s, n=40):
     return s if len(s) <= n else s[:n - 1] + "…"
 
 # %% ../nbs/18_plots.ipynb #35322dd1
-def choice_curves(df,                 # one item's rows from `depthstudy.exercises.item_scores`
+def choice_curves(df,                 # one item's rows from `depthstudy.views.choice_scores`
                   metric=None,        # default: "choice_logprob" (or "choice_logprob_mean")
                   ax=None,            # an Axes to draw into (default: a new figure)
                   title=None,         # default: the item id
@@ -682,7 +682,7 @@ def choice_curves(df,                 # one item's rows from `depthstudy.exercis
     """One multiple-choice item: each choice's logit-lens score at every layer, the correct choice (the one MC1
     compares, column `best`, else the first `correct`) thick in `CORRECT_COLOUR`, other true choices dashed, false ones
     thin. Shaded: the layers from which the correct choice leads every false one to the last layer; a circle where it
-    first leads if it loses the lead again; the title says which. Example: `choice_curves(item_scores(m, item))`."""
+    first leads if it loses the lead again; the title says which. Example: `choice_curves(choice_scores(m, item))`."""
     fn = "choice_curves"
     if metric is None:
         have = set(df["metric"]) if isinstance(df, pd.DataFrame) and "metric" in df.columns else set()
@@ -733,7 +733,7 @@ def _tok(s: str) -> str:
     s = str(s).replace("\n", "⏎")
     return "␣" if s == " " else s.strip() or "␣"
 
-def token_effects(df,                  # rows of `depthstudy.exercises.skip_tokens` for one text and one skipped layer
+def token_effects(df,                  # rows of `depthstudy.views.skip_tokens` for one text and one skipped layer
                   ax=None,             # an Axes to draw into (default: a new figure, with the output strip above)
                   title=None,          # default: model and skipped layer
                   cmap=HEATMAP_CMAP,
@@ -788,7 +788,7 @@ def token_effects(df,                  # rows of `depthstudy.exercises.skip_toke
     return fig
 
 # %% ../nbs/18_plots.ipynb #bc3c7412
-def stimulus_curve(df,         # rows of `depthstudy.exercises.stimulus_decoding` (one stimulus; one or more labels)
+def stimulus_curve(df,         # rows of `depthstudy.views.stimulus_decoding` (one stimulus; one or more labels)
                    ax=None,    # an Axes to draw into (default: a new figure)
                    title=None, # default: the stimulus text
                   ) -> Figure:

@@ -21,8 +21,8 @@ from .tasks import choice_texts, item_template
 from .trace import collect, plan_collect
 
 # %% auto #0
-__all__ = ['MIN_PERM', 'item_folds', 'decode_layers', 'planted', 'control_labels', 'planted_types', 'mc_probe', 'plan_probe_mc',
-           'probe_mc']
+__all__ = ['MIN_PERM', 'item_folds', 'probe_estimator', 'decode_layers', 'planted', 'control_labels', 'planted_types', 'mc_probe',
+           'plan_probe_mc', 'probe_mc']
 
 # %% ../nbs/12_probes.ipynb #9298f7f3
 def _as_groups(groups, n):
@@ -88,13 +88,15 @@ def _kind_for(y):
     if y.dtype.kind == "f" and len(np.unique(y)) > 10: return "ridge"
     return "svm"
 
-def _estimator(kind, seed, n_classes=2):
-    "A scikit-learn probe for class labels (decode_layers' ridge path is `_ridge_fold`; mc_probe uses all three)."
-    if kind == "svm": est = LinearSVC(C=1.0, max_iter=5000, random_state=seed)
+def probe_estimator(kind: str, seed: int = 0, n_classes: int = 2, C: float = 1.0):
+    """The scikit-learn probe for class labels, standardised inside each fit: `kind` "svm" | "logreg" | "ridge"
+    (decode_layers' ridge path for continuous labels is `_ridge_fold`; mc_probe uses all three). `C` is the inverse
+    penalty of the svm and logreg. Example: `probe_estimator("logreg").fit(X, y)`."""
+    if kind == "svm": est = LinearSVC(C=C, max_iter=5000, random_state=seed)
     elif kind == "logreg":   # liblinear is several times faster for the small-N, wide-d binary case
-        est = LogisticRegression(C=1.0, max_iter=2000, **(dict(solver="liblinear") if n_classes == 2 else {}))
+        est = LogisticRegression(C=C, max_iter=2000, **(dict(solver="liblinear") if n_classes == 2 else {}))
     elif kind == "ridge": est = RidgeClassifierCV(alphas=_ALPHAS)
-    else: raise ValueError(f"kind must be 'svm', 'logreg' or 'ridge', got {kind!r}")
+    else: one_of("kind", kind, PROBE_KINDS)
     return make_pipeline(StandardScaler(), est)   # standardised inside each fold: test stats never leak
 
 def _auc(pos, score):
@@ -197,7 +199,7 @@ def _fold_scores(Xl, y, folds, kind, seed, binary, train: bool = False):
         if len(np.unique(y[tr])) < 2: out.append(None); continue   # a fold without both classes cannot train
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            p = _estimator(kind, seed, len(np.unique(y[tr]))).fit(Xl[tr], y[tr])
+            p = probe_estimator(kind, seed, len(np.unique(y[tr]))).fit(Xl[tr], y[tr])
         d = dict(accuracy=float((p.predict(Xl[te]) == y[te]).mean()))
         if binary:
             d["auc"] = _auc(y[te] == p.classes_[1], p.decision_function(Xl[te]))
@@ -500,7 +502,7 @@ def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str =
                 for labels, name in ((lab, "mc1_probe"), (shuf, "shuffled")) + (((ctrl, "control"),) if ctrl is not None else ()):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", ConvergenceWarning)
-                        p = _estimator(kind, seed).fit(A[tr, l], labels[tr])
+                        p = probe_estimator(kind, seed).fit(A[tr, l], labels[tr])
                     s = p.decision_function(A[:, l])
                     if name == "control":
                         res["control_train"].append(_mc_acc(s, labels, item, tr_items))

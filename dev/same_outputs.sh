@@ -3,7 +3,8 @@
 # embedded model with small sizes, through interfaces that a restructure keeps (the CLI, and skip_effects for the
 # engine choice the CLI does not offer). Run it before and after, each with its own empty activation store, then
 #   dev/same_outputs.sh compare BEFORE AFTER
-# says, file by file, whether the two tables are identical (pandas DataFrame.equals, same columns).
+# says, file by file, whether the two tables are identical (pandas DataFrame.equals, same columns). To write the tables of
+# another commit with this venv: git worktree add /tmp/old COMMIT; PYTHONPATH=/tmp/old dev/same_outputs.sh write OUT.
 #   usage: dev/same_outputs.sh write OUT | compare BEFORE AFTER
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -22,7 +23,8 @@ write)
   ds depth --analysis skip --n 3 --mode attn --variant current --out "$out/skip_attn_current.csv"
   ds map --source smollm2-135m --target smollm2-135m --n 8 --out "$out/map.csv"
   ds hierarchy --level relations --n 60 --out "$out/hierarchy.csv"
-  "$BIN/python" - "$out" <<'EOF'
+  bin=$(realpath "$BIN")
+  (cd "$out" && "$bin/python" - "$out") <<'EOF'     # from $out: with PYTHONPATH=<a checkout> that checkout is imported
 import sys
 from depthstudy.models import load_model
 from depthstudy.skip import skip_effects

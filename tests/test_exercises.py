@@ -16,7 +16,8 @@ from sklearn.svm import LinearSVC
 
 from depthstudy.exercises import (ExerciseError, solutions, EXERCISES, solution_source, check_logit_lens, check_mc_score,
                                   check_skip_effect, check_depth_score, check_item_folds, check_probe_curve, fold_groups,
-                                  planted_probe, item_scores, skip_tokens, stimulus_decoding, SKIP_TEXT)
+                                  planted_probe, SKIP_TEXT)
+from depthstudy.views import choice_scores, skip_tokens, stimulus_decoding
 from depthstudy.mc import mc_scores
 from depthstudy.probes import item_folds
 from depthstudy.skip import skip_raw, draw_ts
@@ -268,9 +269,9 @@ def test_solutions_and_table():
 
 # ---- views of single items ---------------------------------------------------------------------------------------
 
-def test_item_scores_match_mc_scores_and_mark_the_lead(embedded):
+def test_choice_scores_match_mc_scores_and_mark_the_lead(embedded):
     it = factual(n=3, seed=0)[1]
-    df = item_scores(embedded, it)
+    df = choice_scores(embedded, it)
     S = mc_scores(embedded, [it], progress=False)[0].numpy()
     assert len(df) == len(it.choices) * (embedded.n_layers + 1) and set(df.metric) == {"choice_logprob"}
     for j in range(len(it.choices)):

@@ -123,13 +123,13 @@ def test_mc_probe_grouping_never_splits_an_item(monkeypatch):
         seen.append((item, set(test_items)))
         return orig(scores, lab, item, test_items)
     monkeypatch.setattr(P, "_mc_acc", spy)
-    real_fit = P._estimator
+    real_fit = P.probe_estimator
     fits = []
     def est(kind, seed):
         e = real_fit(kind, seed); f = e.fit
         def fit(X, y): fits.append(len(X)); return f(X, y)
         e.fit = fit; return e
-    monkeypatch.setattr(P, "_estimator", est)
+    monkeypatch.setattr(P, "probe_estimator", est)
     P.mc_probe(acts, corr, cv=3, layers=[0])
     n_cand = np.array([len(a) for a in acts])
     test_sets = [t for _, t in seen[::2]]  # (real, shuffled) alternate per fold
