@@ -39,7 +39,7 @@ class Batch:
     "One forward pass: its inputs, what the body reads there (`spec`), the units it computes, and what it costs."
     units: list                                   # indices of the units (of the `Work`) this pass computes
     inputs: dict                                  # input_ids, attention_mask (tensors) and any other forward arguments
-    spec: dict = field(default_factory=dict)      # what the body reads (rows, columns, layers, masks, ...)
+    spec: object = None                           # what the body reads: each analysis's own small dataclass (e.g. trace.CollectSpec)
     stop: bool = False                            # end the pass after the body's last read (the head never runs)
     cost: dict = field(default_factory=dict)      # down/up bytes, flops, text tokens: what a cost estimate adds up
 

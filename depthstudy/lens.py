@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 import nnsight
+from dataclasses import dataclass
 from .models import Model
 from .results import tidy, ratio_ci, caveat
 from .store import ActivationCache
@@ -16,7 +17,7 @@ from .trace import text_list, texts_and_task, text_batches, per_text
 
 
 # %% auto #0
-__all__ = ['lens_logits', 'plan_logit_lens_depth', 'logit_lens_depth']
+__all__ = ['lens_logits', 'DepthLensSpec', 'plan_logit_lens_depth', 'logit_lens_depth']
 
 # %% ../nbs/10_lens.ipynb #ce6a5e32
 def lens_logits(model: Model, h, final_norm: bool = True, traced: bool = False):
@@ -27,9 +28,14 @@ def lens_logits(model: Model, h, final_norm: bool = True, traced: bool = False):
     return model.readout(h, final_norm=final_norm, traced=traced)
 
 # %% ../nbs/10_lens.ipynb #d59f4dc9
+@dataclass
+class DepthLensSpec:
+    "What one pass of `logit_lens_depth` reads: the top-`k` overlap's k."
+    k: int
+
 def _depth_lens_body(model: Model, batch: Batch) -> dict:
     "Inside a trace: per token and layer l = 0..L, KL(p_l || p_final) and top-k overlap, [B, P, 2] per layer."
-    k = batch.spec["k"]
+    k = batch.spec.k
     hs = [model.resid(l) for l in range(model.n_layers + 1)]
     fin = model.head.output.float()
     lpf, topf = fin.log_softmax(-1), fin.topk(k, dim=-1).indices
@@ -51,7 +57,7 @@ def plan_logit_lens_depth(tokenizer, shape: dict, texts, k: int = 5, batch_size:
                     flops=2 * shape["n_params"] * B * T + 2 * d * V * B * T * (L + 1))
     def pack(units):
         bs = text_batches(tokenizer, texts, batch_size, units, cost)
-        for b in bs: b.spec["k"], b.stop = k, False
+        for b in bs: b.spec, b.stop = DepthLensSpec(k), False
         return bs
     return Work("logit_lens_depth", [dict(text=t, k=k) for t in texts], pack, _depth_lens_body,
                 lambda b, s: per_text(b, torch.stack(list(s["f"]), 2), "f"), desc="logit lens")

@@ -8,16 +8,19 @@ import numpy as np
 import pandas as pd
 import torch
 import nnsight
+from dataclasses import dataclass
 from .models import Model, find_arch, submodule
 from .items import MCItem, Template
 from .tasks import item_template
+from .config import one_of
 from .results import tidy, bootstrap_ci, caveat
 from .store import ActivationCache
 from .executor import Batch, Work, run
 from .lens import lens_logits
 
 # %% auto #0
-__all__ = ['tokenize_mc', 'plan_mc_scores', 'mc_scores', 'mc_scores_reference', 'item_scores', 'mc_metrics', 'lens_mc']
+__all__ = ['DECODE', 'tokenize_mc', 'MCSpec', 'decode_mode', 'plan_mc_scores', 'mc_scores', 'mc_scores_reference', 'item_scores',
+           'mc_metrics', 'lens_mc']
 
 # %% ../nbs/11_mc.ipynb #fdc11154
 def tokenize_mc(tokenizer, items, template: Template | None = None) -> list[dict]:
@@ -64,21 +67,35 @@ def _plan(td: list[dict]) -> dict:
     return dict(rows=rows, cols=cols, states=states, pairs=list(pairs), seqs=seqs, cand=cand)
 
 # %% ../nbs/11_mc.ipynb #e2bf1e09
+DECODE = ("float64", "float64-unnormed", "model")
+"How the head decodes: the model computes in float64; a float32 model's un-normed layers in float64; as the model does."
+
+@dataclass
+class MCSpec:
+    "What one pass of the MC lens reads: the states to decode, the (state, answer token) pairs to score, and how."
+    rows: torch.Tensor         # [S] the row of each distinct state (the position before an answer token)
+    cols: torch.Tensor         # [S] its position
+    pair_state: torch.Tensor   # [N] per scored pair, its state (an index into rows/cols)
+    pair_token: torch.Tensor   # [N] and the answer token scored there
+    normed: list               # L+1 bools: which layers are decoded through the final norm
+    decode: str                # one of DECODE
+    cand: list                 # per item, per choice: the indices of its pairs
+
 def _lens_body(model: Model, batch: Batch) -> dict:
     "Runs inside a trace: log-probs of the planned (state, token) pairs at every layer (list of L+1 tensors)."
     sp = batch.spec
-    rows, cols, pu, pt, normed, exact = sp["rows"], sp["cols"], sp["pu"], sp["pt"], sp["normed"], sp["exact"]
+    rows, cols, pu, pt, normed, decode = sp.rows, sp.cols, sp.pair_state, sp.pair_token, sp.normed, sp.decode
     L = model.n_layers
     hs = [model.resid(l)[rows, cols] for l in range(L + 1)]
     lps = nnsight.save([])
-    # exact: "f64" the model computes in float64; True a float32 model without head bias; False anything else.
+    # decode (DECODE): "float64" the model computes in float64; "float64-unnormed" a float32 model without head bias.
     # Un-normed residuals give logits in the thousands, where float32 keeps only ~1e-4 absolute: decode them in float64.
-    W = model.head.weight.double() if exact is True and not all(normed) else None
+    W = model.head.weight.double() if decode == "float64-unnormed" and not all(normed) else None
     for l in range(L + 1):
         if W is not None and not normed[l]: lg = hs[l].double() @ W.T
         else:
             lg = lens_logits(model, hs[l], final_norm=normed[l], traced=True)
-            if exact != "f64": lg = lg.float()
+            if decode != "float64": lg = lg.float()
         lps.append((lg[pu, pt] - lg.logsumexp(-1)[pu]).detach().cpu())
     return dict(lp=lps)
 
@@ -94,16 +111,17 @@ def _pad(seqs, pad_id):
 def _lens_unpack(batch: Batch, saved: dict) -> list:
     "Per item of the batch: {'c<j>': [L+1, answer tokens of choice j]} log-probs (float64)."
     lp = torch.stack([x.double() for x in saved["lp"]], 0)            # [L+1, n_pairs]
-    return [{f"c{j}": lp[:, ids].contiguous() for j, ids in enumerate(per_item)} for per_item in batch.spec["cand"]]
+    return [{f"c{j}": lp[:, ids].contiguous() for j, ids in enumerate(per_item)} for per_item in batch.spec.cand]
 
 # %% ../nbs/11_mc.ipynb #5a80e0c3
-def _exact(model: Model):
-    """How to decode: "f64" for a float64 model (everything stays float64); True for a float32 model without an
-    output-head bias (un-normed layers decoded in float64); False otherwise (bf16 models gain nothing from it)."""
+def decode_mode(model: Model) -> str:
+    """How to decode (one of `DECODE`): "float64" for a float64 model (everything stays float64); "float64-unnormed"
+    for a float32 model without an output-head bias (un-normed layers decoded in float64); "model" otherwise (bf16
+    models gain nothing from it)."""
     head = model.head_module
     dt = getattr(getattr(head, "weight", None), "dtype", None)
-    if dt == torch.float64: return "f64"
-    return getattr(head, "bias", None) is None and dt == torch.float32
+    if dt == torch.float64: return "float64"
+    return "float64-unnormed" if getattr(head, "bias", None) is None and dt == torch.float32 else "model"
 
 def _normed(n_layers: int, final_norm: bool, faithful: bool) -> list:
     "Which of the L+1 layers are decoded through the final norm."
@@ -111,12 +129,13 @@ def _normed(n_layers: int, final_norm: bool, faithful: bool) -> list:
     return [bool(final_norm)] * (n_layers + 1)
 
 def plan_mc_scores(tokenizer, shape: dict, items, template: Template | None = None, final_norm: bool = True,
-                   faithful: bool = False, batch_size: int = 8, exact=True) -> Work:
+                   faithful: bool = False, batch_size: int = 8, decode: str = "float64-unnormed") -> Work:
     """`mc_scores`'s work for the executor: one unit per item (its key: the item's tokens and the decoding), batches
     of `batch_size` items of similar length, each one pass over every distinct prompt + choice sequence.
-    `exact` is how the head decodes (see `_exact`; True for a float32 model). Example: `plan_mc_scores(m.tokenizer, m.shape, items)`."""
+    `decode` is how the head decodes (see `decode_mode`; "float64-unnormed" for a float32 model). Example: `plan_mc_scores(m.tokenizer, m.shape, items)`."""
     items = list(items)
     if not items: raise ValueError("mc_scores needs at least one item")
+    one_of("decode", decode, DECODE)
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     td = tokenize_mc(tokenizer, items, template)
     L, pad = int(shape["n_layers"]), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -133,11 +152,11 @@ def plan_mc_scores(tokenizer, shape: dict, items, template: Template | None = No
             cost = dict(text_tokens=int(mask.sum()), down=(L + 1) * n_pairs * 4, up=16 * ids.numel() + 16 * (n_states + n_pairs),
                         flops=2 * shape["n_params"] * ids.numel() + 2 * shape["d_model"] * shape["vocab_size"] * n_states * (L + 1))
             out.append(Batch(list(b), dict(input_ids=ids, attention_mask=mask),
-                             dict(rows=t(pl["rows"]), cols=t(pl["cols"]), pu=t([u for u, _ in pl["pairs"]]),
-                                  pt=t([k for _, k in pl["pairs"]]), normed=normed, exact=exact, cand=pl["cand"]), cost=cost))
+                             MCSpec(rows=t(pl["rows"]), cols=t(pl["cols"]), pair_state=t([u for u, _ in pl["pairs"]]),
+                                    pair_token=t([k for _, k in pl["pairs"]]), normed=normed, decode=decode, cand=pl["cand"]), cost=cost))
         return out
 
-    keys = [dict(prompt=d["prompt"], fulls=d["fulls"], normed=normed, exact=exact) for d in td]
+    keys = [dict(prompt=d["prompt"], fulls=d["fulls"], normed=normed, decode=decode) for d in td]
     return Work("lens_mc", keys, pack, _lens_body, _lens_unpack, desc="lens", info=dict(td=td))
 
 # %% ../nbs/11_mc.ipynb #cca551a3
@@ -157,7 +176,7 @@ def mc_scores(model: Model,                  # the model
     Returns a list (one per item) of float32 tensors `[n_choices, L + 1]`; column `l` decodes `h[l]`.
     Example: `mc_scores(m, factual(n=4))[0].shape` -> `(5, 31)`.
     """
-    work = plan_mc_scores(model.tokenizer, model.shape, items, template, final_norm, faithful, batch_size, _exact(model))
+    work = plan_mc_scores(model.tokenizer, model.shape, items, template, final_norm, faithful, batch_size, decode_mode(model))
     for i, d in enumerate(work.info["td"]): model.check_length(max(map(len, d["fulls"])), f"item {i} (prompt + its longest choice)")
     per = run(model, work, remote=remote, cache=cache, progress=progress)
     return [torch.stack([p[f"c{j}"].mean(1) if length_norm else p[f"c{j}"].sum(1) for j in range(len(p))], 0).float()

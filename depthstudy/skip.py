@@ -5,6 +5,7 @@
 # %% ../nbs/14_skip.ipynb #2c1133f3
 from __future__ import annotations
 import contextlib
+from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 import pandas as pd
@@ -22,8 +23,8 @@ from .trace import token_lengths, plan_collect
 from .mc import tokenize_mc
 
 # %% auto #0
-__all__ = ['draw_ts', 'plan_skip', 'skip_raw', 'skip_effects', 'depth_score', 'summarise_hops', 'detectable_slope', 'depth_trend',
-           'depth_vs_hops']
+__all__ = ['draw_ts', 'SkipSpec', 'plan_skip', 'skip_raw', 'skip_effects', 'depth_score', 'summarise_hops', 'detectable_slope',
+           'depth_trend', 'depth_vs_hops']
 
 # %% ../nbs/14_skip.ipynb #70dc659c
 def draw_ts(lengths, n_t: int = 4, seed: int = 0) -> list[list[int]]:
@@ -85,10 +86,22 @@ def _rows(tokenizer, texts, pieces, variant):
         ref[r] = cur
     return enc, rows, src, skip, measure, ref
 
+@dataclass
+class SkipSpec:
+    "What one pass of `skip_raw` reads: rows of texts (a clean row, then its skipped copies), what each skips, where it is measured."
+    pieces: list               # per text of the pass: (text index, [(skipped layer, t), ...])
+    rows: list                 # per row: (text index, skipped layer or None, t or None)
+    src: torch.Tensor          # [R] the encoded text of each row
+    skip: torch.Tensor         # [R, P] positions whose block output is replaced
+    measure: torch.Tensor      # [R, P] positions where the effect is measured
+    ref: torch.Tensor          # [R] each row's clean row
+    masks: dict                # skipped layer -> [R, P, 1] mask of the rows that skip it
+    mode: str                  # of SKIP_WHAT
+
 def _skip_body(model: Model, batch: Batch) -> dict:
     "Inside a trace: per row, position and layer the relative change of the layer's update, and the output change."
     sp = batch.spec
-    ref, masks, mode, L = sp["ref"], sp["masks"], sp["mode"], model.n_layers
+    ref, masks, mode, L = sp.ref, sp.masks, sp.mode, model.n_layers
     hs = []
     for l in range(L):
         hs.append(model.resid(l))
@@ -138,7 +151,7 @@ def _skip_direct(model: Model, batch: Batch, head_rows: int = 4) -> dict:
     """What `_skip_body` saves, for a local model without nnsight: a clean pass, then the skipped rows as a wavefront
     (rows skipping layer s join at block s from the clean h[s]); the output effect only at measured positions."""
     sp = batch.spec
-    rows, src, skip, measure, mode = sp["rows"], sp["src"], sp["skip"], sp["measure"], sp["mode"]
+    rows, src, skip, measure, mode = sp.rows, sp.src, sp.skip, sp.measure, sp.mode
     enc = batch.inputs
     B, P = enc["input_ids"].shape
     R, L, dev = len(rows), model.n_layers, model.device
@@ -200,8 +213,8 @@ def _regroup(pieces, batch_size):
 def _skip_unpack(batch: Batch, saved: dict) -> list:
     "Per piece of the batch, per job: max and sum of the effects over the measured positions, and their count."
     eff, out = torch.stack(list(saved["eff"]), -1).double(), saved["out"].double()     # [R, P, L], [R, P]
-    rows, measure, res, r0 = batch.spec["rows"], batch.spec["measure"], [], 0
-    for i, js in batch.spec["pieces"]:
+    rows, measure, res, r0 = batch.spec.rows, batch.spec.measure, [], 0
+    for i, js in batch.spec.pieces:
         J, L = len(js), eff.shape[-1]
         d = dict(eff_max=torch.zeros(J, L, dtype=torch.float64), eff_sum=torch.zeros(J, L, dtype=torch.float64),
                  out_max=torch.zeros(J, dtype=torch.float64), out_sum=torch.zeros(J, dtype=torch.float64),
@@ -244,12 +257,12 @@ def plan_skip(tokenizer, shape: dict, texts, mode: str = "block", variant: str =
             cost = dict(text_tokens=sum(lengths[i] * (1 + len(js)) for i, js in ps), down=R * P * (L + 1) * 4,
                         up=16 * R * P + len(masks) * R * P, flops=2 * shape["n_params"] * R * P)
             out.append(Batch([u for u, _ in group], dict(input_ids=enc["input_ids"][src], attention_mask=enc["attention_mask"][src]),
-                             dict(pieces=ps, rows=rows, src=src, skip=skip, measure=measure, ref=ref, masks=masks, mode=mode),
+                             SkipSpec(pieces=ps, rows=rows, src=src, skip=skip, measure=measure, ref=ref, masks=masks, mode=mode),
                              cost=cost))
         return out
 
     def direct(model, batch):                           # the wavefront needs the texts once, not once per row
-        sp, ps = batch.spec, batch.spec["pieces"]
+        sp, ps = batch.spec, batch.spec.pieces
         b = Batch(batch.units, encode(tokenizer, [texts[i] for i, _ in ps]), sp)
         return _skip_direct(model, b)
 

@@ -14,7 +14,7 @@ from .store import ActivationCache
 from .executor import Batch, Work, run
 
 # %% auto #0
-__all__ = ['resolve_positions', 'Acts', 'token_lengths', 'plan_collect', 'collect', 'real_positions', 'text_list',
+__all__ = ['resolve_positions', 'Acts', 'CollectSpec', 'token_lengths', 'plan_collect', 'collect', 'real_positions', 'text_list',
            'texts_and_task', 'text_batches', 'per_text']
 
 # %% ../nbs/09_trace.ipynb #105bb6f2
@@ -57,10 +57,19 @@ class Acts:
         return f"Acts(n={len(self)}, P={self.mask.shape[1]}, {', '.join(parts)})"
 
 # %% ../nbs/09_trace.ipynb #b6193719
+@dataclass
+class CollectSpec:
+    "What one pass of `collect` reads: the sites at (rows, cols) (every position when None), the logits, positions per row."
+    rows: torch.Tensor | None      # [B, P] row of each gathered state (None: every position of every row)
+    cols: torch.Tensor | None      # [B, P] its position
+    sites: tuple                   # of SITES
+    logits: bool                   # also the output logits there
+    n_pos: list                    # per row, how many of the P gathered positions are real
+
 def _collect_body(model: Model, batch: Batch) -> dict:
-    "Runs inside an active trace: save the requested sites at `spec['rows'], spec['cols']` (every position when None)."
+    "Runs inside an active trace: save the requested sites at `spec.rows, spec.cols` (every position when None)."
     sp = batch.spec
-    rows, cols, sites = sp["rows"], sp["cols"], sp["sites"]
+    rows, cols, sites = sp.rows, sp.cols, sp.sites
     if rows is None: rows, cols = slice(None), slice(0, batch.inputs["input_ids"].shape[1])
     res, att, mlp = nnsight.save([]), nnsight.save([]), nnsight.save([])
     for l in range(model.n_layers):
@@ -69,7 +78,7 @@ def _collect_body(model: Model, batch: Batch) -> dict:
         if "mlp" in sites: mlp.append(model.mlp_out(l)[rows, cols].float().cpu())
     if "resid" in sites: res.append(model.resid(model.n_layers)[rows, cols].float().cpu())
     out = dict(resid=res, attn=att, mlp=mlp)
-    if sp["logits"]: out["logits"] = model.head.output[rows, cols].float().cpu().save()
+    if sp.logits: out["logits"] = model.head.output[rows, cols].float().cpu().save()
     return out
 
 def _collect_unpack(batch: Batch, saved: dict) -> list:
@@ -77,7 +86,7 @@ def _collect_unpack(batch: Batch, saved: dict) -> list:
     stacked = {k: torch.stack(list(v), 1) for k, v in saved.items() if k != "logits" and len(v)}
     if "logits" in saved: stacked["logits"] = saved["logits"]
     out = []
-    for r, n in enumerate(batch.spec["n_pos"]):
+    for r, n in enumerate(batch.spec.n_pos):
         out.append({k: (v[r, ..., :n, :] if k != "logits" else v[r, :n]).contiguous() for k, v in stacked.items()})
     return out
 
@@ -126,7 +135,7 @@ def plan_collect(tokenizer,                 # the model's tokenizer (a stand-in'
             cost = dict(text_tokens=sum(lengths[i] for i in b), flops=2 * shape["n_params"] * len(b) * T,
                         down=len(b) * P * (slots * d + (shape["vocab_size"] if logits else 0)) * 4,
                         up=16 * len(b) * T + (0 if every else 16 * len(b) * P))
-            out.append(Batch(list(b), enc, dict(rows=rows, cols=cols, sites=sites, logits=logits,
+            out.append(Batch(list(b), enc, CollectSpec(rows=rows, cols=cols, sites=sites, logits=logits,
                                                 n_pos=[len(pos[i]) for i in b]), stop=not logits, cost=cost))
         return out
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 import nnsight
+from dataclasses import dataclass
 from threadpoolctl import threadpool_limits
 from .config import SKIP_WHAT, one_of
 from .results import tidy
@@ -22,9 +23,17 @@ from .hierarchy import readout_positions, pool_readout
 
 
 # %% auto #0
-__all__ = ['states', 'plan_skip_tokens', 'choice_scores', 'skip_tokens', 'stimulus_decoding']
+__all__ = ['StatesSpec', 'states', 'plan_skip_tokens', 'choice_scores', 'skip_tokens', 'stimulus_decoding']
 
 # %% ../nbs/21_views.ipynb #3c6ba769
+@dataclass
+class StatesSpec:
+    "What one pass of `states` / `plan_skip_tokens` reads: block `layer` skipped (`mode`) where `mask` is set, and the output change."
+    layer: int | None = None
+    mask: torch.Tensor | None = None   # [rows, T, 1]
+    mode: str = "block"               # of SKIP_WHAT
+    out: bool = False                 # also the change of each row's output distribution against row 0
+
 def _states_body(model: Model, batch: Batch) -> dict:
     "Inside a trace: h[0..L] at every position of every row; block `layer` skipped where `mask` is set."
     sp = batch.spec
@@ -32,10 +41,10 @@ def _states_body(model: Model, batch: Batch) -> dict:
     for l in range(model.n_layers):
         h = model.resid(l)
         hs.append(h.float().cpu())
-        if sp["mask"] is not None and l == sp["layer"]: model.skip(l, sp["mask"], sp["mode"], h=h)
+        if sp.mask is not None and l == sp.layer: model.skip(l, sp.mask, sp.mode, h=h)
     hs.append(model.resid(model.n_layers).float().cpu())
     res = dict(h=hs)
-    if sp["out"]:
+    if sp.out:
         p = model.head.output.float().softmax(-1)
         res["out"] = (p - p[:1]).norm(dim=-1).cpu().save()
     return res
@@ -48,7 +57,7 @@ def _states_unpack(batch: Batch, saved: dict) -> list:
 
 def states(m: Model, inputs: dict) -> torch.Tensor:
     "h[0..L] at every position of a batch of `inputs` (padding positions too): [rows, L+1, T, d]."
-    spec = dict(layer=None, mask=None, mode="block", out=False)
+    spec = StatesSpec()
     work = Work("states", [None], lambda us: [Batch(list(us), inputs, spec, stop=True)], _states_body,
                 _states_unpack, desc="states")
     return run(m, work, cache=False, progress=False)[0]["h"]
@@ -73,7 +82,7 @@ def plan_skip_tokens(tokenizer,            # the model's tokenizer
     pos = torch.arange(T)
     mask = torch.zeros(R, T, 1, dtype=torch.bool)
     for k, s0 in enumerate(starts): mask[k + 1, :, 0] = (pos >= s0) & (pos < t)
-    spec = dict(layer=layer, mask=mask, mode=mode, out=True)
+    spec = StatesSpec(layer=layer, mask=mask, mode=mode, out=True)
     cost = dict(text_tokens=R * T, flops=2 * shape["n_params"] * R * T, up=17 * R * T,
                 down=R * T * ((L + 1) * shape["d_model"] + 1) * 4)
     key = dict(text=text, layer=layer, t=t, mode=mode, starts=list(starts))

@@ -88,9 +88,9 @@ def test_clean_rows_have_zero_effect(tiny, engine):
     "Skipping nothing: clean rows packed in a batch with skipped rows show no effect at all (no leakage)."
     work = plan_skip(tiny.tokenizer, tiny.shape, TEXTS, layers=[0, 1, 2], n_t=1, batch_size=64)
     b = work.batches()[0]
-    assert len(b.spec["pieces"]) == 3                  # the three texts, each with its clean row, in one pass
+    assert len(b.spec.pieces) == 3                  # the three texts, each with its clean row, in one pass
     eff, out = _saved(tiny, work, b, engine)
-    rows = b.spec["rows"]
+    rows = b.spec.rows
     clean = [r for r, (i, s, t) in enumerate(rows) if s is None]
     assert len(clean) == 3
     assert eff[clean].abs().max() == 0 and out[clean].abs().max() == 0
