@@ -86,6 +86,7 @@ def cmd_trace(args):
     nxt = tok.decode(acts.logits[0, 0].argmax().item())
     print(f"next token: {nxt!r}")
 
+# %% ../nbs/20_cli.ipynb #6441fd28
 def cmd_cache(args):
     "Show or clear the activation cache."
     from depthstudy.store import ActivationCache
@@ -143,6 +144,7 @@ def cmd_doctor(args):
         print("NDIF: reachable; presets hosted now: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["ndif_presets"].items()))
     else: print(f"NDIF: could not reach it ({r.get('ndif_error', '')})")
 
+# %% ../nbs/20_cli.ipynb #a4c0de4f
 def _write(df, out, command=None):
     """Write the results table to `out` (else print it), then each distinct caveat of its rows (the `caveat` column:
     too little data, a degenerate comparison) as one warning line on stderr."""
@@ -198,6 +200,7 @@ def cmd_hierarchy(args):
     df = hierarchy(m, args.level, readout=args.readout, site=args.site, n=args.n, kind=args.classifier, cv=args.cv)
     _write(df, args.out, args.command)
 
+# %% ../nbs/20_cli.ipynb #83f8eba2
 def mc_template(text: str, items, keep_header: bool = False):
     r"""The `Template` of `depthstudy mc --template TEXT` for `items`, checked before any model loads: escapes
     decoded (`decode_escapes`), braces valid, `{question}` present and every field filled by every item; a
@@ -246,6 +249,7 @@ def cmd_lessons(args):
             hint = f"  # {v['help']}" if v.get("help") else ""
             print(f"    -p {k} {v['default']!r}  ({v['type']}){hint}")
 
+# %% ../nbs/20_cli.ipynb #0e02fbe6
 def parse_params(groups) -> dict:
     """Lesson parameters from `-p` groups: `-p NAME VALUE` (papermill's form) or `-p NAME=VALUE`.
     Values stay strings; `run_lesson` checks names and types against the lesson. Example:
@@ -287,6 +291,7 @@ def _model_options(s, n=20, remote=True):
 def _out(s):
     s.add_argument("--out", default=None, help="results CSV (the tidy table; .parquet for parquet); printed when omitted")
 
+# %% ../nbs/20_cli.ipynb #9fbfc06f
 def build_parser() -> argparse.ArgumentParser:
     "The `depthstudy` argument parser (one sub-command per task); its errors are one line (`CLIParser`)."
     p = CLIParser(prog="depthstudy", description="Which layers of a language model do what: "
@@ -401,6 +406,7 @@ def _is_results_table(p: Path) -> bool:
     except Exception: return False                            # unreadable: not ours
     return cols[:len(COLUMNS)] == list(COLUMNS)
 
+# %% ../nbs/20_cli.ipynb #325c1585
 def check_args(args):
     """Check everything in `args` that can be checked before a model loads; raises the error the command would
     meet later: an absent or unknown `--device`, an unusable cache folder (`DEPTHSTUDY_CACHE` a file, not writable),

@@ -92,6 +92,7 @@ def check_rules(name: str, value, rules) -> None:
         said = "; ".join(f"{op} {arg}" for op, arg in rules)
         raise ValueError(f"{name} got {value!r}, whose entries do not fit its rules ({said})") from None
 
+# %% ../nbs/19_course.ipynb #c6a77693
 def _check_rules(bad, value, rules):
     for op, arg in rules:
         if op in _CMP and not _CMP[op](value, arg): raise bad(f"be {_WORDS[op]} {arg}")
@@ -147,6 +148,7 @@ def list_lessons() -> list[dict]:
         out.append(dict(name=p.stem, title=_title(nb, p.stem), path=p, parameters=lesson_parameters(p)))
     return out
 
+# %% ../nbs/19_course.ipynb #126313dc
 def find_lesson(name: str) -> Path:
     "The notebook of lesson `name` (its file stem, e.g. `00_first_look`; a unique prefix such as `00` works too)."
     ls = list_lessons()
@@ -319,6 +321,7 @@ def _relative_paths(nb_out: Path, src: Path):
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, nb_out)
 
+# %% ../nbs/19_course.ipynb #eda544ac
 def _replace_paths(text, pairs):
     "`text` (a string or nbformat's list of lines) with each folder of `pairs` (longest first) written as its label."
     lines = text if isinstance(text, list) else [text]
@@ -355,6 +358,7 @@ def _executed_by_run(p: Path) -> bool:
     try: return bool(json.loads(p.read_text(encoding="utf-8")).get("metadata", {}).get("papermill"))
     except (OSError, ValueError, AttributeError): return False
 
+# %% ../nbs/19_course.ipynb #a6419534
 def run_lesson(name: str, params: dict | None = None, out_dir="runs", kernel: str | None = None, progress: bool = True) -> Path:
     """Execute lesson `name` with papermill into `out_dir/<name>/`, with `params` overriding its `parameters` cell.
 

@@ -119,6 +119,7 @@ def _send(model: Model, work: Work, batches: list, remote, engine: str) -> list:
 DEFAULTS = dict(request_tokens=32768, retries=3, backoff=2.0)
 "Request options `run` uses when not given: change them here for a whole session (the tests make requests small)."
 
+# %% ../nbs/08_executor.ipynb #99355f6b
 def run(model: Model, work: Work,
         remote=None,                    # None: the model's own (False, True for NDIF, "local" to simulate NDIF)
         cache: bool | ActivationCache = True, # True: the activation store; an `ActivationCache`; False: compute everything

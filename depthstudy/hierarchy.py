@@ -155,6 +155,7 @@ def plan_hierarchy(tokenizer, shape: dict, level: str, n: int | None = None, see
     return plan_collect(tokenizer, shape, prompts, sites=(site,), positions=readout_positions(tokenizer, prompts, readout),
                         batch_size=batch_size)
 
+# %% ../nbs/16_hierarchy.ipynb #87ef6c0e
 def hierarchy(model, level: str, readout: str = "last", site: str = "resid", n: int | None = None, seed: int = 0,
               kind: str | None = None, batch_size: int = 8, labels=None, cv: int = 5, n_perm: int = 5,
               max_classes: int = 8, layers=None, cache=True, progress: bool = True, control: bool = False,

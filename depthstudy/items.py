@@ -86,6 +86,7 @@ def _format_fields(s: str, what: str) -> list:
         names.append(name)
     return names
 
+# %% ../nbs/02_items.ipynb #0f0243b3
 @dataclass
 class Template:
     """Turns an item into a prompt and each choice into a continuation.

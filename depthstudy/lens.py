@@ -62,6 +62,7 @@ def plan_logit_lens_depth(tokenizer, shape: dict, texts, k: int = 5, batch_size:
     return Work("logit_lens_depth", [dict(text=t, k=k) for t in texts], pack, _depth_lens_body,
                 lambda b, s: per_text(b, torch.stack(list(s["f"]), 2), "f"), desc="logit lens")
 
+# %% ../nbs/10_lens.ipynb #85ca3799
 def logit_lens_depth(model, texts=None, k: int = 5, batch_size: int = 4, task: str | None = None,
                      n_boot: int = 1000, progress: bool = True, cache: bool | ActivationCache = True,
                      remote=None) -> pd.DataFrame:

@@ -91,6 +91,7 @@ def _same_model(a, b) -> bool:
     "Whether two `Model`s are one model: the same object, or the same weights (`Model.fingerprint`), loaded twice."
     return a is b or a.fingerprint == b.fingerprint
 
+# %% ../nbs/15_maps.ipynb #b1b02797
 def linear_maps(model_a, model_b, texts, alpha: float = 1e-6, test_frac: float = 0.25, seed: int = 0,
                 layers_a=None, layers_b=None, batch_size: int = 8, cache=True, task: str = "maps",
                 progress: bool = True, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:

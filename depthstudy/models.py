@@ -459,6 +459,7 @@ def _write_json(path: Path, obj):
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
+# %% ../nbs/06_models.ipynb #e2985d89
 def verify_prepared(path) -> str | None:
     """None when the prepared model copy in folder `path` is complete and unaltered, else what is wrong (one line).
 
@@ -503,6 +504,7 @@ def _dequantise(name: str, gguf: Path, out: Path):
     _write_json(out / MANIFEST, dict(model=name, gguf=gguf.name, fingerprint=weights_fingerprint(hf), files=files))
     _write_json(out / _STAMP, {f: _stat(out / f) for f in files})
 
+# %% ../nbs/06_models.ipynb #e0360325
 def prepare_embedded(name: str, progress: bool = True) -> Path:
     """Dequantise the embedded model `name` once and cache it as safetensors; return the directory.
 

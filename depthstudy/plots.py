@@ -187,6 +187,7 @@ def _with_rel_depth(d, fn, suffix=""):
         d.loc[miss, rd] = d.loc[miss, l] / d.loc[miss, n]
     return d
 
+# %% ../nbs/18_plots.ipynb #5cd603c7
 def _panels(n, ax, ncols=3, size=(4.2, 3.2), what="panel", sharex=False, sharey=False):
     "A new figure with `n` panels, or the caller's `ax` (one Axes, or a sequence of at least `n`)."
     if ax is None:
@@ -242,6 +243,7 @@ def _limits(vals, vmin, vmax):
 # %% ../nbs/18_plots.ipynb #9dbbf96f
 _LINESTYLES = ["-", ":", "-.", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 3))]   # "--" is kept for chance
 
+# %% ../nbs/18_plots.ipynb #c802ed1e
 def layer_curves(df, metric, x=None, hue=None, style_by=None, tasks=None, models=None, ax=None,
                  ci=True, chance=True, title=None, legend=True, colours=None) -> Figure:
     """Curves of `metric` per layer, with confidence bands (`ci_low`..`ci_high`) and a dashed chance line (one line per
@@ -311,6 +313,7 @@ def _row_chance(d, keys) -> pd.Series:
     if "chance" not in d.columns: return d.groupby(keys)["value"].agg(lambda v: np.nan)
     return d.groupby(keys)["chance"].mean()
 
+# %% ../nbs/18_plots.ipynb #386f117f
 def task_layer_heatmap(df, metric, models=None, tasks=None, annotate=None, ax=None, cmap=None,
                        vmin=None, vmax=None, chance="auto") -> Figure:
     """Task x layer heatmap of `metric`, one panel per model (shared colour scale), every row labelled with its chance level.
@@ -508,6 +511,7 @@ def pair_heatmap(df, metric, best=None, ax=None, diagonal=None, annotate=False, 
             else: axs[-1].legend(*zip(*keys), loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(keys))
     return fig
 
+# %% ../nbs/18_plots.ipynb #f5c51189
 def _n_layers(g, suffix, fn):
     "Number of layers of `model{suffix}` from `n_layers{suffix}`, or from `layer / rel_depth`."
     n, rd, l = f"n_layers{suffix}", f"rel_depth{suffix}", f"layer{suffix}"
@@ -577,6 +581,7 @@ def _cell(lo, hi, n):
     "Relative-depth span of layers lo..hi out of n, one cell per layer, clipped to [0, 1]."
     return max(0.0, (lo - 0.5) / n), min(1.0, (hi + 0.5) / n)
 
+# %% ../nbs/18_plots.ipynb #f5978c13
 def peak_bands(df, metric=None, ref=None, ref_n_layers=None, ref_label="reference", by="task", hue="model",
                order=None, ax=None, higher=True, ci_level=0.95, title=None) -> Figure:
     """Horizontal bars on relative depth: per `by` group (task/level), the peak layer (tick) and band within 1 SE,

@@ -131,6 +131,7 @@ def _ridge_fold(Xtr, Xte, Ytr, sizes, alphas=_ALPHAS, train: bool = False):
     test = (B @ A.T) @ Q @ coef + ym
     return (test, Q @ (e[:, None] * coef) + ym) if train else test   # A A^T = Q diag(e) Q^T on the training rows
 
+# %% ../nbs/12_probes.ipynb #a81e0851
 def _class_metrics(Y, S, classes):
     """Per column j of the labels `Y` [n, J] and ridge-classifier scores `S` ([n, J] when binary, [n, J, n_classes]
     otherwise): accuracy, and AUC (rank formula, ties count half) when binary. Returns a dict of [J] arrays."""
@@ -151,6 +152,7 @@ def _r2_cols(Y, P):
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(ss > 0, 1 - ((Y - P) ** 2).sum(0) / ss, np.nan)
 
+# %% ../nbs/12_probes.ipynb #7d3e8d5e
 def _ridge_scores(Xl, labels, folds):
     """Per-fold metric dicts for one layer, for every target of every label, all fitted together by `_ridge_fold`.
 
@@ -207,6 +209,7 @@ def _fold_scores(Xl, y, folds, kind, seed, binary, train: bool = False):
         out.append(d)
     return out
 
+# %% ../nbs/12_probes.ipynb #fcbc33b6
 def _chance(y, regression, binary):
     if regression: return dict(r2=0.0)
     maj = float(pd.Series(y).value_counts(normalize=True).iloc[0])   # majority-class rate
@@ -279,6 +282,7 @@ def _label_caveat(sp, n):
     cls, cnt = np.unique(sp["y"], return_counts=True)
     return caveat("decode_class", int(cnt.min()), of=f" of class {cls[cnt.argmin()].item()!r} of label {sp['name']!r}")
 
+# %% ../nbs/12_probes.ipynb #ae12e54c
 def decode_layers(X, y, groups=None, kind: str | None = None, cv: int = 5, seed: int = 0, n_perm: int = 5,
                   layers=None, task: str = "label", model=None, n_layers: int | None = None,
                   progress: bool = False, control=None, ref_layer: int | None = None, **constants) -> pd.DataFrame:
@@ -463,6 +467,7 @@ def _mc_control(keys, item, n_items, seed):
         idx = np.flatnonzero(item == i); out[idx[np.argmax(rank[idx])]] = True
     return out
 
+# %% ../nbs/12_probes.ipynb #90451f99
 def mc_probe(acts_by_candidate, correct, cv: int = 5, seed: int = 0, kind: str = "logreg", layers=None,
              task: str = "mc", model=None, n_layers: int | None = None, progress: bool = False, keys=None,
              **constants) -> pd.DataFrame:

@@ -48,6 +48,7 @@ def plan_contributions(tokenizer, shape: dict, texts, batch_size: int = 8) -> Wo
                 lambda units: text_batches(tokenizer, texts, batch_size, units, cost), _features_body,
                 lambda b, s: per_text(b, torch.stack(list(s["f"]), 2), "f"), desc="contributions")
 
+# %% ../nbs/13_residual.ipynb #5b9d7913
 def contributions(model, texts=None, batch_size: int = 8, task: str | None = None, n_boot: int = 1000,
                   progress: bool = True, cache: bool | ActivationCache = True, remote=None) -> pd.DataFrame:
     """Per-layer relative contributions and cosines of the attention, MLP and whole-block updates.

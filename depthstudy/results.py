@@ -316,6 +316,7 @@ def _layer_ci(x, level):
     lo, hi = np.quantile(y, a, method="inverted_cdf"), np.quantile(y, 1 - a, method="inverted_cdf")
     return (float(lo) if np.isfinite(lo) else math.nan), (float(hi) if np.isfinite(hi) else math.nan)
 
+# %% ../nbs/01_results.ipynb #5d945864
 def localise(V,                     # [n_items, n_layers] per-item scores: 0/1 (e.g. MC1 correct), or any number per item
              chance,                # chance level: one number, or one per layer
              n_boot: int = 1000,    # bootstrap draws over items (`resample`); 0: tests only, no intervals
@@ -434,6 +435,7 @@ def _schema_order(df: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(caveat=_caveat_text(df["caveat"]) if "caveat" in df.columns else "")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
+# %% ../nbs/01_results.ipynb #be7717c9
 def save_results(df: pd.DataFrame, path) -> Path:
     """Write a results table as CSV (or parquet for a `.parquet` path), atomically; returns the path.
 

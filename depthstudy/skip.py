@@ -147,6 +147,7 @@ def _clean_pass(model, enc):
         for h in hooks: h.remove()
     return hs, calls
 
+# %% ../nbs/14_skip.ipynb #1f86666b
 def _skip_direct(model: Model, batch: Batch, head_rows: int = 4) -> dict:
     """What `_skip_body` saves, for a local model without nnsight: a clean pass, then the skipped rows as a wavefront
     (rows skipping layer s join at block s from the clean h[s]); the output effect only at measured positions."""
@@ -229,6 +230,7 @@ def _skip_unpack(batch: Batch, saved: dict) -> list:
         res.append(d); r0 += 1 + J
     return res
 
+# %% ../nbs/14_skip.ipynb #0aee71e7
 def plan_skip(tokenizer, shape: dict, texts, mode: str = "block", variant: str = "future", n_t: int = 4, seed: int = 0,
               layers=None, batch_size: int = 32) -> Work:
     """`skip_raw`'s work: the (text, skipped layer, t) jobs cut into pieces that fit `batch_size` rows (a clean row
@@ -270,6 +272,7 @@ def plan_skip(tokenizer, shape: dict, texts, mode: str = "block", variant: str =
     return Work("skip", keys, pack, _skip_body, _skip_unpack, direct=direct, desc=f"skip {mode}/{variant}",
                 info=dict(pieces=pieces, layers=layers, ts=ts, lengths=lengths))
 
+# %% ../nbs/14_skip.ipynb #88484d32
 def skip_raw(model, texts, mode="block", variant="future", n_t=4, seed=0, layers=None, batch_size=32,
              progress=True, engine="auto", cache: bool | ActivationCache = True, remote=None):
     """Per text and skipped layer, the max and the sum (with token counts) of the effects over measured
@@ -439,6 +442,7 @@ def detectable_slope(hops,                # the hop count of every item in the d
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     return float(z * sd / np.sqrt(sxx))
 
+# %% ../nbs/14_skip.ipynb #f23cab9d
 def depth_trend(per: pd.DataFrame, metric: str = "rel_depth_score", n_boot: int = 1000, seed: int = 0,
                 level: float = 0.95, power: float = 0.8) -> pd.DataFrame:
     """Does the depth score grow with hops? Per task, the least-squares slope of the per-item `metric` against
@@ -476,6 +480,7 @@ def depth_trend(per: pd.DataFrame, metric: str = "rel_depth_score", n_boot: int 
         rows.append(row)
     return tidy(rows, layer=np.nan)
 
+# %% ../nbs/14_skip.ipynb #3f2aa798
 def _solved(model, items, template, batch_size, remote, progress, cache=False):
     """Per item, whether the model ranks the correct choice first (MC1, ties wrong): the summed log-probability of
     each choice's answer tokens under the model's own output (the final layer), from one pass per prompt + choice.
@@ -507,6 +512,7 @@ def _solved(model, items, template, batch_size, remote, progress, cache=False):
         out.append(bool(s[it.correct[0]] > np.delete(s, list(it.correct)).max()))
     return np.array(out)
 
+# %% ../nbs/14_skip.ipynb #8afd92d3
 def depth_vs_hops(model, items, template=None, mode: str = "block", variant: str = "future", n_t: int = 4,
                   seed: int = 0, layers=None, batch_size: int = 32, stat: str = "max", task: str | None = None,
                   per_item: bool = False, n_boot: int = 1000, progress: bool = True, engine: str = "auto",

@@ -32,6 +32,7 @@ _PART = re.compile(r"\.[0-9a-f]{64}\.safetensors\.\d+\.tmp")   # an unfinished w
 class StoreError(ValueError):
     "The activation store refuses an operation that could touch files it did not make; the message says what to do."
 
+# %% ../nbs/07_store.ipynb #82dc844c
 class ActivationCache:
     """Content-addressed activation store under `root` (default `$DEPTHSTUDY_ACTS`, else `cache_dir("acts")`).
 

@@ -103,6 +103,7 @@ def _eval_chain(nums, syms):
     terms.append(cur)
     return sum(sg * t for sg, t in zip(signs, terms))
 
+# %% ../nbs/03_tasks.ipynb #d74e5946
 def calculation(op: str = "add", digits=(1, 2), n: int | None = 100, seed: int = 0, kind: str = "int", n_distractors: int = 4) -> list:
     """`n` arithmetic items "What is a + b?" with `n_distractors` near-miss distractors.
 
@@ -200,6 +201,7 @@ def _hub_records(repo: str, config: str, split: str) -> list:
     import datasets
     return [dict(r) for r in datasets.load_dataset(repo, config, split=split)]
 
+# %% ../nbs/03_tasks.ipynb #06733783
 def _fetch_hub(rel: str, out: Path) -> Path:
     "Download `rel`'s hub source once and write it, converted to the local format, to `out` (atomically)."
     h = _HUB[rel]
@@ -242,6 +244,7 @@ def _locate(rel: str, data_dir_=None):
         looked.append((src, f"download failed ({type(e).__name__}{': ' + msg if msg else ''})")); return None, "missing", looked
     return cached, f"hub cache: {h['repo']}", looked
 
+# %% ../nbs/03_tasks.ipynb #cf417d9c
 def find_data(rel: str, data_dir_=None) -> Path:
     """Path of data file `rel` (e.g. 'gsm8k/test.jsonl'): in the folder `data_dir_`, else `$DEPTHSTUDY_DATA`
     (at `<dir>/<rel>`, then `<dir>/<basename>`), else from the Hugging Face hub cache (fetched once where possible).
@@ -301,6 +304,7 @@ def _looks_like(text: str) -> str:
     if "\t" in first: return "TSV (tab-separated)"
     return "CSV" if "," in first else "plain text"
 
+# %% ../nbs/03_tasks.ipynb #8b095a3f
 def _wrong_format(p, expects: str, text: str):
     return TaskDataError(f"{p}: {expects}, but this file looks like {_looks_like(text)}; check the path (see TASKS for each task's file)")
 
@@ -413,6 +417,7 @@ def _key(s: str):
     try: return round(float(s.replace(",", "")), 6)
     except ValueError: return None
 
+# %% ../nbs/03_tasks.ipynb #81eeeaf6
 def perturb_solution(solution: str, step: int, new_value: str) -> str | None:
     """Rewrite a GSM8K solution with the result of calculator step `step` set to `new_value`, propagated.
 
@@ -778,6 +783,7 @@ _WP_GOODS = [("notebook", "notebooks"), ("sandwich", "sandwiches"), ("toy car", 
              ("bottle of water", "bottles of water"), ("comic book", "comic books"), ("pack of seeds", "packs of seeds")]
 _WP_PARTS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
 
+# %% ../nbs/03_tasks.ipynb #b9f113a8
 def _wp_problem(rng: random.Random, k: int):
     "One problem with exactly `k` calculation steps: (question, solution lines, answer)."
     N, pro = rng.choice(_WP_PEOPLE)
@@ -881,6 +887,7 @@ def _wp_problem(rng: random.Random, k: int):
         left -= cost; first = False
     return " ".join(q + [ask]), a, v
 
+# %% ../nbs/03_tasks.ipynb #b6e07763
 def word_problems(n: int = 20, seed: int = 0, steps: int | None = None) -> list[str]:
     """`n` generated arithmetic word problems with worked solutions, formatted as `gsm8k_texts` formats GSM8K:
     `"Question: ...\\nAnswer: <one line per step>\\n#### N"`.
@@ -981,6 +988,7 @@ def _boxed(s: str):
         if depth == 0: return s[j + 1:t].strip()
     return None
 
+# %% ../nbs/03_tasks.ipynb #cbcb3bc7
 def math_dataset(path, n: int | None = None, seed: int = 0, n_distractors: int = 4) -> list:
     """MATH problems (JSON lines, or a folder of one-problem .json files) with `meta['hops']` = level 1-5.
     Example: `math_dataset("math_test.jsonl", n=100)`."""
@@ -1122,6 +1130,7 @@ _SAMPLE_TQA = [
      ["No", "It cannot be seen from the Moon"], ["Yes, it is visible from the Moon", "Yes, it is the only building you can see"]),
 ]
 
+# %% ../nbs/03_tasks.ipynb #1aa08a62
 def sample_data(folder) -> Path:
     """Write small sample copies of the published data files, each in its exact format, into `folder` (laid out as
     the real data folder: `gsm8k/test.jsonl`, `seed000/...`); returns the folder. For demos, exercises and tests

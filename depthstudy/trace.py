@@ -142,6 +142,7 @@ def plan_collect(tokenizer,                 # the model's tokenizer (a stand-in'
     keys = [dict(prompt=p, positions=ps, sites=sorted(sites), logits=logits) for p, ps in zip(prompts, pos)]
     return Work("collect", keys, pack, _collect_body, _collect_unpack, desc="collect", info=dict(positions=pos, lengths=lengths))
 
+# %% ../nbs/09_trace.ipynb #3c12d93f
 def collect(model: Model,                # the model (`depthstudy.models.load_model`)
             prompts,                     # a text or a list of texts
             sites=SITES,                 # any of "resid" (h[0..L]), "attn", "mlp" (what each block adds)
