@@ -169,7 +169,7 @@ def _say_corpus(args, c):
 
 def cmd_depth(args):
     "Study 2 on one model: sublayer contributions, logit lens over depth, skip effects, or depth vs hops."
-    from depthstudy import residual, skip
+    from depthstudy import lens, residual, skip
     if args.analysis == "hops":                             # the data first: a missing file fails before the model loads
         if args.data: raise ValueError("--data is not used by --analysis hops (its items are generated); drop it")
         from depthstudy import tasks
@@ -179,7 +179,7 @@ def cmd_depth(args):
     m = _load(args)
     if args.analysis != "hops": _say_corpus(args, corpus); texts, task = corpus.texts, corpus.task
     if args.analysis == "contrib": df = residual.contributions(m, texts, task=task)
-    elif args.analysis == "lens": df = residual.logit_lens_depth(m, texts, task=task)
+    elif args.analysis == "lens": df = lens.logit_lens_depth(m, texts, task=task)
     elif args.analysis == "skip": df = skip.skip_effects(m, texts, mode=args.mode or "block", variant=args.variant or "future", task=task)
     else: df = skip.depth_vs_hops(m, items, mode=args.mode or "block")
     _write(df, args.out, args.command)
