@@ -8,26 +8,22 @@ import functools, inspect
 from types import SimpleNamespace
 from unittest import mock
 import numpy as np
-import pandas as pd
 import torch
 import nnsight
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
-from .config import SKIP_WHAT, one_of
 from .results import tidy
 from .items import MCItem, Template
 from .tasks import item_template
 from .stimuli import stimuli
-from .models import Model, load_model, encode
-from .executor import Batch, Work, run
+from .models import Model, load_model
+from .executor import run
 from .trace import collect
 from .lens import lens_logits
 from .mc import mc_scores
 from .probes import item_folds as library_item_folds, decode_layers
 from .skip import skip_raw, draw_ts, depth_score as library_depth_score
-from .hierarchy import readout_positions
 from .views import states, plan_skip_tokens
 
 # %% auto #0

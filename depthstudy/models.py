@@ -13,8 +13,8 @@ from .ndif import NDIFKeyError, preflight, require_ndif_key
 
 # %% auto #0
 __all__ = ['ARCHS', 'TINY_WORDS', 'EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'PRESETS', 'MODEL_SHAPES', 'LIMITS', 'check_device',
-           'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'check_skip',
-           'skipped', 'Model', 'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path',
+           'Arch', 'UnknownArchitectureError', 'find_arch', 'encode', 'submodule', 'weights_fingerprint', 'skipped',
+           'Model', 'tiny_tokenizer', 'tiny_model', 'model_card', 'ModelNotFoundError', 'embedded_path',
            'verify_prepared', 'prepare_embedded', 'PickleCheckpointError', 'safetensors_problem', 'load_model',
            'model_shape', 'describe_model', 'list_models']
 
@@ -161,17 +161,13 @@ def weights_fingerprint(hf_model, config=None, chunk: int = 1 << 22) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/06_models.ipynb #a80a0da4
-def check_skip(what: str):
-    "Raise `ValueError` unless `what` is one of `SKIP_WHAT`."
-    one_of("what", what, SKIP_WHAT)
-
 def skipped(what: str,  # "block": the block's output; "attn" / "mlp": what that sublayer adds to the stream
             mask,       # bool, broadcastable to `out` (e.g. [batch, pos, 1]): where to skip
             h,          # the block's input h[l] (for "block"; None for a sublayer)
             out):       # the block's output, or the sublayer's addition
     """THE rule of skipping, the one both engines apply (`Model.skip` in a trace, `Model.skipping` on plain modules):
     at the masked positions a skipped block passes its input on unchanged, a skipped sublayer adds nothing."""
-    check_skip(what)
+    one_of("what", what, SKIP_WHAT)
     return torch.where(mask, h, out) if what == "block" else out.masked_fill(mask, 0.0)
 
 
@@ -254,7 +250,7 @@ class Model:
         read) or zero what its attention (`what="attn"`) or MLP (`"mlp"`) adds. Call it after reading `h[l]` and
         before `h[l+1]`; read what block `l`'s sublayers add before it (an MLP's addition after an attention skip).
         Example: `m.skip(5, mask)` inside `m.lm.trace(...)`."""
-        check_skip(what)
+        one_of("what", what, SKIP_WHAT)
         if what == "block":
             h = self.resid(l) if h is None else h
             out = self.blocks[l].output
@@ -267,7 +263,7 @@ class Model:
         open, every forward of block `l` (`what="block"`) or of its attention or MLP module applies `skipped` at the
         positions where `mask` is set, through a forward hook that is removed on exit.
         Example: `with m.skipping(5, mask): y = m.block_modules[5](x, ...)`."""
-        check_skip(what)
+        one_of("what", what, SKIP_WHAT)
         mod = self.block_modules[l] if what == "block" else self.sublayer_module(l, what)
         def hook(module, args, kwargs, out):
             h = (args[0] if args else kwargs["hidden_states"]) if what == "block" else None

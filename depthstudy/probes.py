@@ -92,11 +92,11 @@ def probe_estimator(kind: str, seed: int = 0, n_classes: int = 2, C: float = 1.0
     """The scikit-learn probe for class labels, standardised inside each fit: `kind` "svm" | "logreg" | "ridge"
     (decode_layers' ridge path for continuous labels is `_ridge_fold`; mc_probe uses all three). `C` is the inverse
     penalty of the svm and logreg. Example: `probe_estimator("logreg").fit(X, y)`."""
+    one_of("kind", kind, PROBE_KINDS)
     if kind == "svm": est = LinearSVC(C=C, max_iter=5000, random_state=seed)
     elif kind == "logreg":   # liblinear is several times faster for the small-N, wide-d binary case
         est = LogisticRegression(C=C, max_iter=2000, **(dict(solver="liblinear") if n_classes == 2 else {}))
-    elif kind == "ridge": est = RidgeClassifierCV(alphas=_ALPHAS)
-    else: one_of("kind", kind, PROBE_KINDS)
+    else: est = RidgeClassifierCV(alphas=_ALPHAS)
     return make_pipeline(StandardScaler(), est)   # standardised inside each fold: test stats never leak
 
 def _auc(pos, score):

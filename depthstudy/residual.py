@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 import nnsight
-from .models import Model, encode
+from .models import Model
 from .results import tidy, ratio_ci, caveat
 from .store import ActivationCache
 from .executor import Batch, Work, run
-from .trace import real_positions, text_list, texts_and_task, text_batches, per_text
+from .trace import text_list, texts_and_task, text_batches, per_text
 
 # %% auto #0
 __all__ = ['CONTRIB_METRICS', 'plan_contributions', 'contributions']

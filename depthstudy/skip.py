@@ -15,11 +15,9 @@ from .config import SKIP_WHAT, VARIANTS, one_of
 from .models import Model, encode
 from .results import tidy, bootstrap_ci, ratio_ci, resample, percentile_ci, caveat
 from .items import Template
-from .tasks import corpus_texts
-from .trace import texts_and_task
 from .store import ActivationCache
 from .executor import Batch, Work, run, ENGINES, choose_engine
-from .trace import token_lengths, plan_collect
+from .trace import token_lengths, plan_collect, texts_and_task
 from .mc import tokenize_mc
 
 # %% auto #0
